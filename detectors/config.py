@@ -133,7 +133,9 @@ class TrainConfig:
     iterations: int = 300  # optimizer steps
     batch_size: int = 16  # images per step, over all workers
     optimizer: Literal["sgd", "adamw"] = "adamw"
-    lr: float = 1e-3
+    lr: float = 1e-3  # at batch `lr_reference_batch` when lr_scaling is not "none"
+    lr_scaling: Literal["none", "linear", "sqrt"] = "none"  # lr x (batch / reference)^1 or ^.5
+    lr_reference_batch: int = 16  # the batch size `lr` was tuned for (lr_scaling only)
     momentum: float = 0.9  # SGD only
     weight_decay: float = 1e-4
     warmup_iters: int = 50  # linear warm-up from warmup_factor * lr
@@ -148,6 +150,14 @@ class TrainConfig:
     amp: Literal["off", "bf16", "fp16"] = "off"  # autocast on CUDA
     num_workers: int = 1  # DDP workers (Ray Train); each gets batch_size / num_workers
     use_gpu: bool = False
+    sync_bn: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch
+
+    @property
+    def scaled_lr(self) -> float:
+        """The base learning rate after the batch-size scaling rule (Goyal et al. 2017's
+        linear rule, or the square-root rule often used with Adam)."""
+        ratio = self.batch_size / self.lr_reference_batch
+        return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
 
 @dataclass(frozen=True)
@@ -169,6 +179,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("train.batch_size", lambda v: v >= 1, "must be at least 1"),
     ("train.lr", lambda v: v > 0, "must be positive"),
     ("train.num_workers", lambda v: v >= 1, "must be at least 1"),
+    ("train.lr_reference_batch", lambda v: v >= 1, "must be at least 1"),
     ("data.image_size", lambda v: v >= 32, "must be at least 32 pixels"),
     ("assign.fg_iou", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("assign.bg_iou", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
@@ -191,6 +202,10 @@ def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(source, "assign.bg_iou", "must not exceed assign.fg_iou")
     if cfg.model.min_level > cfg.model.max_level:
         raise ConfigError(source, "model.min_level", "must not exceed model.max_level")
+    if cfg.train.sync_bn and not cfg.train.use_gpu:
+        raise ConfigError(
+            source, "train.sync_bn", "needs train.use_gpu (torch's SyncBatchNorm is GPU-only)"
+        )
     if cfg.train.batch_size % cfg.train.num_workers:
         raise ConfigError(source, "train.batch_size", "must be divisible by train.num_workers")
 

@@ -29,7 +29,7 @@ from detectors import box_ops
 from detectors.config import ExperimentConfig, TrainConfig, to_dict
 from detectors.data import VOCDataset, build_dataset, make_loader, set_epoch
 from detectors.metrics import evaluate_detections, voc_map
-from detectors.models import DenseDetector, build_detector
+from detectors.models import build_detector
 
 
 class NonFiniteLossError(RuntimeError):
@@ -62,8 +62,8 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
         {"params": no_decay, "weight_decay": 0.0},
     ]
     if cfg.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum)
-    return torch.optim.AdamW(groups, lr=cfg.lr)
+        return torch.optim.SGD(groups, lr=cfg.scaled_lr, momentum=cfg.momentum)
+    return torch.optim.AdamW(groups, lr=cfg.scaled_lr)
 
 
 def lr_factor(iteration: int, cfg: TrainConfig) -> float:
@@ -171,18 +171,17 @@ class Trainer:
     history: dict[str, list[float]] = field(default_factory=dict)
 
     @property
-    def detector(self) -> DenseDetector:
+    def detector(self) -> nn.Module:
+        """The detector itself (unwrapped from DDP): what checkpoints hold."""
         net = self.model
-        if isinstance(net, nn.parallel.DistributedDataParallel):
-            net = net.module
-        assert isinstance(net, DenseDetector)
-        return net
+        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
     def run_step(self, batch: Any) -> StepOutput:
         images, targets = batch
         for group in self.optimizer.param_groups:
-            group["lr"] = self.cfg.lr * lr_factor(self.iteration, self.cfg)
-        self.detector.iteration = self.iteration
+            group["lr"] = self.cfg.scaled_lr * lr_factor(self.iteration, self.cfg)
+        # Assigners with a warm-up read it (nn.Module types attributes as tensors or modules).
+        self.detector.iteration = self.iteration  # type: ignore[assignment]
         with torch.autocast(
             self.device.type,
             dtype=_AMP[self.cfg.amp],
@@ -190,10 +189,22 @@ class Trainer:
         ):
             losses, stats = self.model(images.to(self.device), to_device(targets, self.device))
         total = sum(losses.values())
-        if not torch.isfinite(total):
+        assert isinstance(total, Tensor)
+        # One device-to-host copy per step for every logged value (not one sync per value).
+        names = [*losses, "loss", *stats]
+        values = dict(
+            zip(
+                names,
+                torch.stack(
+                    [v.detach().float().reshape(()) for v in (*losses.values(), total)]
+                    + [v.float().reshape(()) for v in stats.values()]
+                ).tolist(),
+            )
+        )
+        if not math.isfinite(values["loss"]):
             raise NonFiniteLossError(
                 f"non-finite loss at iteration {self.iteration}: "
-                + ", ".join(f"{k}={v.item():.4g}" for k, v in losses.items())
+                + ", ".join(f"{k}={values[k]:.4g}" for k in losses)
             )
         self.optimizer.zero_grad(set_to_none=True)
         total.backward()
@@ -201,10 +212,7 @@ class Trainer:
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
         self.optimizer.step()
         self.iteration += 1
-        return StepOutput(
-            {k: v.item() for k, v in losses.items()} | {"loss": total.item()},
-            {k: v.item() for k, v in stats.items()},
-        )
+        return StepOutput({k: values[k] for k in (*losses, "loss")}, {k: values[k] for k in stats})
 
     def train(self) -> None:
         for hook in self.hooks:
@@ -378,6 +386,8 @@ def run_training(
     model: nn.Module = build_detector(cfg, num_classes=len(train_set.classes)).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    if cfg.train.sync_bn and world_size > 1:  # the config checks that workers are on GPUs
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     if world_size > 1:
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None

@@ -40,6 +40,8 @@ def test_override_changes_only_its_key() -> None:
         ("train.iterations=1.5", "train.iterations", "expected an integer"),
         ("loss.dc.enabled=maybe", "loss.dc.enabled", "expected true or false"),
         ("assign.bg_iou=0.9", "assign.bg_iou", "must not exceed"),
+        ("train.sync_bn=true", "train.sync_bn", "needs train.use_gpu"),
+        ("train.lr_scaling=cubic", "train.lr_scaling", "must be one of"),
     ],
 )
 def test_bad_override_names_key_and_problem(override: str, key: str, problem: str) -> None:

@@ -162,3 +162,36 @@ def test_ddp_two_workers_match_one_on_the_same_global_batch(
         assert math.isfinite(mean)
         assert mean == pytest.approx(single[it], rel=1e-4), it
     assert ranks[0][1] != ranks[1][1]  # the workers really saw different images
+
+
+# ------------------------------------------------------------- optimizer and normalization
+@pytest.mark.parametrize(
+    ("rule", "batch", "expected"),
+    [("none", 64, 0.01), ("linear", 64, 0.04), ("linear", 8, 0.005), ("sqrt", 64, 0.02)],
+)
+def test_learning_rate_follows_the_batch_size_rule(rule: str, batch: int, expected: float) -> None:
+    cfg = load_config(
+        "smoke",
+        overrides={
+            "train.lr": 0.01,
+            "train.lr_scaling": rule,
+            "train.lr_reference_batch": 16,
+            "train.batch_size": batch,
+        },
+    ).train
+    optimizer = engine.build_optimizer(torch.nn.Linear(2, 2), cfg)
+    assert [g["lr"] for g in optimizer.param_groups] == pytest.approx([expected] * 2)
+    assert engine.lr_factor(cfg.iterations, cfg) * cfg.scaled_lr < expected  # steps still apply
+
+
+def test_sync_batchnorm_replaces_batchnorm_only() -> None:
+    """What ``train.sync_bn`` does to a model (its forward needs GPUs: torch's SyncBatchNorm
+    refuses CPU tensors, so the config refuses sync_bn without train.use_gpu)."""
+    from detectors.models import build_detector
+
+    model = build_detector(load_config("smoke", overrides={"model.backbone": "resnet18"}), 3)
+    before = {type(m).__name__ for m in model.modules()}
+    converted = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    after = {type(m).__name__ for m in converted.modules()}
+    assert "BatchNorm2d" in before and "BatchNorm2d" not in after
+    assert "SyncBatchNorm" in after and "GroupNorm" in after  # heads keep GroupNorm
