@@ -6,8 +6,9 @@ weights_backbone=None``): same architecture (ResNet-50, FPN 256 on P3-P7, 4-conv
 trainable BatchNorm, no frozen stages), same square input size, same batch and the same
 random boxes; one training step = forward + backward + SGD step. Repeats alternate between
 the two models so machine noise hits both alike; the reported figure is the median over
-repeats of ``ours / torchvision`` images per second (> 1: ours is faster). On CUDA the peak
-memory of each is recorded too.
+repeats of ``ours / torchvision`` images per second (> 1: ours is faster). Peak memory of a
+training step: on CUDA ``max_memory_allocated``; on the CPU the peak resident set size above
+the built model's, each model measured alone in a fresh subprocess (RSS is per process).
 
     python benchmarks/bench_throughput.py [--size 320] [--batch 2] [--iters 3] [--repeats 3]
         [--threads 2] [--device cpu] [--out results/bench/throughput]
@@ -21,6 +22,7 @@ import os
 import platform
 import shlex
 import statistics
+import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -116,12 +118,53 @@ def timed(step: Callable[[], None], iters: int, device: torch.device) -> list[fl
     return times
 
 
-def peak_mb(step: Callable[[], None], device: torch.device) -> float | None:
-    if device.type != "cuda":
-        return None
+def peak_mb(step: Callable[[], None], device: torch.device) -> float:
     torch.cuda.reset_peak_memory_stats(device)
     step()
     return torch.cuda.max_memory_allocated(device) / 2**20
+
+
+def _rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_peak_mb(name: str, which: str, args: argparse.Namespace) -> float:
+    """Peak RSS growth of two training steps of one model, in a fresh process."""
+    code = (
+        "import sys; sys.argv = ['bench']; import bench_throughput as b; "
+        f"print(b._child_peak({name!r}, {which!r}, {args.size}, {args.batch}, {args.threads}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code],
+        cwd=Path(__file__).parent,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def _child_peak(name: str, which: str, size: int, batch: int, threads: int) -> float:
+    torch.set_num_threads(threads)
+    device = torch.device("cpu")
+    data = random_batch(batch, size, device)
+    torch.manual_seed(0)
+    model = ours(name, size, device) if which == "ours" else reference(name, size, device)
+    step = step_fn(model, which == "ours", data)
+    step()  # optimizer state and allocator pools exist after the first step
+    base = _rss_mb()
+    Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak (VmHWM) to now
+    step()
+    return _vm_hwm_mb() - base
+
+
+def _vm_hwm_mb() -> float:
+    """Peak resident set size since the last reset (``VmHWM`` of /proc/self/status)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 def compare(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -133,7 +176,11 @@ def compare(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
     }
     for step in steps.values():  # warm-up: allocator, cudnn autotuning, first-call costs
         step()
-    memory = {k: peak_mb(s, device) for k, s in steps.items()}
+    memory = (
+        {k: peak_mb(s, device) for k, s in steps.items()}
+        if device.type == "cuda"
+        else {k: cpu_peak_mb(name, k, args) for k in steps}
+    )
     seconds: dict[str, list[list[float]]] = {k: [] for k in steps}
     for repeat in range(args.repeats):
         order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
@@ -173,7 +220,7 @@ def markdown(report: dict[str, Any]) -> str:
     ]
     for name, r in report["results"].items():
         ips, mem = r["images_per_s"], r["peak_mem_mb"]
-        mem_text = "-" if mem["ours"] is None else f"{mem['ours']:.0f} / {mem['torchvision']:.0f}"
+        mem_text = f"{mem['ours']:.0f} / {mem['torchvision']:.0f}"
         lines.append(
             f"| {name} R50-FPN | {ips['ours']:.2f} | {ips['torchvision']:.2f} | "
             f"{r['ratio_median']:.2f}x | {', '.join(f'{x:.2f}' for x in r['ratios'])} | "
@@ -183,6 +230,8 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         "ratio = ours / torchvision images per second (> 1: ours is faster); median over the",
         "interleaved repeats, and from each model's fastest single step (robust to other load).",
+        "Peak MB: CUDA max allocated in a step; CPU: peak RSS growth over a step above the",
+        "built model with its optimizer state (each model alone in a fresh process).",
     ]
     return "\n".join(lines) + "\n"
 

@@ -274,6 +274,7 @@ class PeriodicHook(Hook):
         self.window: dict[str, list[float]] = {}
         self.t_start = self.t_window = 0.0
         self.steps_in_window = 0
+        self.eval_s = 0.0  # seconds spent evaluating, so far
         self.final: dict[str, float] = {}
 
     def before_train(self, trainer: Trainer) -> None:
@@ -299,8 +300,12 @@ class PeriodicHook(Hook):
             record["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
             self.window, self.steps_in_window = {}, 0
             self.t_window = time.perf_counter()
+        t_pause = time.perf_counter()  # evaluation and checkpoints are not training time
         if (cfg.eval_every and it % cfg.eval_every == 0) or last:
+            t_eval = time.perf_counter()
             record |= {f"val/{k}": v for k, v in self.evaluate_fn(trainer).items()}
+            self.eval_s += time.perf_counter() - t_eval
+            record["train/eval_time_s"] = self.eval_s
         checkpoint = None
         if self.checkpoint_dir is not None and (
             (cfg.checkpoint_every and it % cfg.checkpoint_every == 0) or last
@@ -316,8 +321,10 @@ class PeriodicHook(Hook):
                 record["train/peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
             if last:
                 self.final = {k[4:]: v for k, v in record.items() if k.startswith("val/")}
-                self.final["train_time_s"] = record["train/elapsed_s"]
+                self.final["train_time_s"] = record["train/elapsed_s"]  # evaluations included
+                self.final["eval_time_s"] = self.eval_s
             self.report(record, checkpoint)
+        self.t_window += time.perf_counter() - t_pause
 
 
 # ---------------------------------------------------------------------------- composition

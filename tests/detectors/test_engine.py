@@ -195,3 +195,34 @@ def test_sync_batchnorm_replaces_batchnorm_only() -> None:
     after = {type(m).__name__ for m in converted.modules()}
     assert "BatchNorm2d" in before and "BatchNorm2d" not in after
     assert "SyncBatchNorm" in after and "GroupNorm" in after  # heads keep GroupNorm
+
+
+def test_evaluation_time_is_not_training_time() -> None:
+    """An evaluation that takes 0.3 s must not show up in the next window's seconds/step."""
+    import time
+    from types import SimpleNamespace
+
+    cfg = smoke(**{"train.iterations": 4, "train.log_every": 2, "train.eval_every": 2})
+    records: list[dict[str, Any]] = []
+
+    def slow_eval(trainer: Any) -> dict[str, float]:
+        time.sleep(0.3)
+        return {"AP": 0.0}
+
+    hook = engine.PeriodicHook(
+        cfg=cfg, evaluate_fn=slow_eval, checkpoint_dir=None, report=lambda r, c: records.append(r)
+    )
+    trainer = SimpleNamespace(
+        iteration=0,
+        device=torch.device("cpu"),
+        optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}]),
+    )
+    hook.before_train(trainer)  # type: ignore[arg-type]
+    out = engine.StepOutput({"loss": 1.0}, {})
+    for it in range(1, 5):
+        trainer.iteration = it
+        hook.after_step(trainer, out)  # type: ignore[arg-type]
+    assert [r["iteration"] for r in records] == [2, 4]
+    assert records[1]["train/sec_per_iter"] < 0.1  # steps here take microseconds
+    assert records[1]["train/eval_time_s"] >= 0.6  # both evaluations counted
+    assert hook.final["eval_time_s"] >= 0.6 and hook.final["AP"] == 0.0
