@@ -169,6 +169,12 @@ class Trainer:
     hooks: Sequence[Hook] = ()
     iteration: int = 0
     history: dict[str, list[float]] = field(default_factory=dict)
+    # fp16 needs loss scaling (its gradients underflow); a no-op for bf16, fp32 and CPUs.
+    scaler: torch.amp.GradScaler = field(init=False)
+
+    def __post_init__(self) -> None:
+        enabled = self.cfg.amp == "fp16" and self.device.type == "cuda"
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=enabled)
 
     @property
     def detector(self) -> nn.Module:
@@ -207,10 +213,12 @@ class Trainer:
                 + ", ".join(f"{k}={values[k]:.4g}" for k in losses)
             )
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        self.scaler.scale(total).backward()
         if self.cfg.grad_clip > 0:
+            self.scaler.unscale_(self.optimizer)  # clip the true gradients
             nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.optimizer.step()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
         self.iteration += 1
         return StepOutput({k: values[k] for k in (*losses, "loss")}, {k: values[k] for k in stats})
 
@@ -236,6 +244,7 @@ def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None
     state = {
         "model": trainer.detector.state_dict(),
         "optimizer": trainer.optimizer.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
         "iteration": trainer.iteration,
         "config": to_dict(cfg),
         "rng": {
@@ -253,6 +262,8 @@ def load_checkpoint(path: Path, trainer: Trainer) -> None:
     state = torch.load(path, map_location=trainer.device, weights_only=False)
     trainer.detector.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
+    if state.get("scaler"):  # fp16 runs; absent from checkpoints of older versions
+        trainer.scaler.load_state_dict(state["scaler"])
     trainer.iteration = int(state["iteration"])
     torch.set_rng_state(state["rng"]["torch"].cpu())
     np.random.set_state(state["rng"]["numpy"])
