@@ -51,19 +51,39 @@ class DataConfig:
 
 
 @dataclass(frozen=True)
+class SparseHeadConfig:
+    """Sparse R-CNN's iterative head (Sun et al. 2021). Its width is ``model.fpn_channels``
+    (256 in the paper); the defaults give the paper's 2048-wide FFN and 64-wide dynamic conv."""
+
+    attention_heads: int = 8  # heads of the self-attention among proposals (divide the width)
+    ffn_multiplier: int = 8  # FFN hidden width = ffn_multiplier x fpn_channels
+    dynamic_divisor: int = 4  # dynamic-conv bottleneck = fpn_channels // dynamic_divisor
+    cls_fcs: int = 1  # Linear-LayerNorm-ReLU blocks in the classification tower
+    reg_fcs: int = 3  # Linear-LayerNorm-ReLU blocks in the box tower
+    pooler_resolution: int = 7  # RoIAlign output side
+    sampling_ratio: int = 2  # RoIAlign sampling points per bin side
+    dropout: float = 0.0  # attention, dynamic conv and FFN (the reference moved 0.1 -> 0.0)
+
+
+@dataclass(frozen=True)
 class ModelConfig:
-    # Detector (SPEC §2.5): anchor-based retinanet, atss; point-based fcos, foveabox.
-    name: Literal["retinanet", "atss", "fcos", "foveabox"] = "retinanet"
+    # Detector (SPEC §2.5): anchor-based retinanet, atss, paa; point-based fcos, foveabox;
+    # the NMS-free set predictor sparse_rcnn.
+    name: Literal["retinanet", "atss", "fcos", "foveabox", "paa", "sparse_rcnn"] = "retinanet"
     backbone: Literal[
         "tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"
     ] = "resnet18"
     pretrained: str = ""  # "" = random init; a path to a state dict; or a torchvision weight name
     frozen_stages: int = -1  # ResNets: -1 trains all; 0 freezes the stem; k also layers 1..k
     frozen_bn: bool = False  # ResNets: BatchNorm with fixed statistics and affine (as papers)
-    centerness: bool = True  # atss, fcos: centerness branch (loss + test-time score factor)
+    centerness: bool = True  # atss, fcos: centerness branch (paa: its IoU branch); loss + score
     center_sampling_radius: float = 1.5  # fcos: positives within r·stride of the centre; 0 off
     atss_topk: int = 9  # atss: candidate anchors per level per ground truth
     fovea_sigma: float = 0.4  # foveabox: positive area = box shrunk by sigma about its centre
+    paa_topk: int = 9  # paa: candidate anchors per level per ground truth (lowest loss first)
+    paa_score_voting: bool = True  # paa: boxes after NMS = score-weighted votes of candidates
+    paa_reg_weight: float = 1.3  # paa: weight of its IoU-weighted GIoU loss (loss.reg unused)
+    paa_iou_weight: float = 0.5  # paa: weight of the IoU-prediction BCE loss
     fpn_channels: int = 64  # channels of every FPN level and of the head
     head_convs: int = 2  # conv layers in each head tower (RetinaNet uses 4)
     min_level: int = 3  # finest FPN level (stride 2**min_level)
@@ -74,6 +94,9 @@ class ModelConfig:
     low_quality_matches: bool = True  # every ground truth keeps its best anchor
     prior_prob: float = 0.01  # initial foreground probability of the classifier bias
     norm: Literal["group", "none"] = "group"  # normalization in the head towers
+    num_proposals: int = 100  # sparse_rcnn: learnable proposal boxes and features per image
+    num_stages: int = 6  # sparse_rcnn: iterative heads, each refining the previous boxes
+    sparse: SparseHeadConfig = field(default_factory=SparseHeadConfig)  # sparse_rcnn head
 
 
 @dataclass(frozen=True)
@@ -107,6 +130,16 @@ class DCConfig:
 
 
 @dataclass(frozen=True)
+class SparseLossConfig:
+    """Sparse R-CNN's set loss, per stage, normalised by the number of ground truths. The
+    Hungarian matcher uses the same three weights as its costs (as the reference does)."""
+
+    cls_weight: float = 2.0  # sigmoid focal loss (loss.focal_alpha, loss.focal_gamma)
+    l1_weight: float = 5.0  # L1 between boxes divided by the image's [w, h, w, h]
+    giou_weight: float = 2.0  # 1 - GIoU
+
+
+@dataclass(frozen=True)
 class LossConfig:
     focal_alpha: float = 0.25
     focal_gamma: float = 2.0
@@ -114,6 +147,7 @@ class LossConfig:
     reg_weight: float = 1.0
     corr: CorrLossConfig = field(default_factory=CorrLossConfig)
     dc: DCConfig = field(default_factory=DCConfig)
+    sparse: SparseLossConfig = field(default_factory=SparseLossConfig)  # sparse_rcnn only
 
 
 @dataclass(frozen=True)
@@ -190,6 +224,16 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("nms.iou_threshold", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("nms.max_detections", lambda v: v >= 1, "must be at least 1"),
     ("model.fpn_channels", lambda v: v >= 8, "must be at least 8"),
+    ("model.num_proposals", lambda v: v >= 1, "must be at least 1"),
+    ("model.num_stages", lambda v: v >= 1, "must be at least 1"),
+    ("model.sparse.attention_heads", lambda v: v >= 1, "must be at least 1"),
+    ("model.sparse.ffn_multiplier", lambda v: v >= 1, "must be at least 1"),
+    ("model.sparse.dynamic_divisor", lambda v: v >= 1, "must be at least 1"),
+    ("model.sparse.pooler_resolution", lambda v: v >= 1, "must be at least 1"),
+    ("model.sparse.dropout", lambda v: 0 <= v < 1, "must be in [0, 1)"),
+    ("loss.sparse.cls_weight", lambda v: v >= 0, "must be non-negative"),
+    ("loss.sparse.l1_weight", lambda v: v >= 0, "must be non-negative"),
+    ("loss.sparse.giou_weight", lambda v: v >= 0, "must be non-negative"),
 ]
 
 

@@ -15,6 +15,7 @@ from detectors.assigners.fcos import FCOSAssigner
 from detectors.assigners.fovea import FoveaAssigner
 from detectors.assigners.iac import IACAssigner, iac_assign, iac_scores
 from detectors.assigners.max_iou import MaxIoUAssigner
+from detectors.assigners.paa import PAAAssigner
 
 ASSIGNERS: dict[str, type[Assigner]] = {
     "max_iou": MaxIoUAssigner,
@@ -22,6 +23,7 @@ ASSIGNERS: dict[str, type[Assigner]] = {
     "atss": ATSSAssigner,
     "fcos": FCOSAssigner,
     "fovea": FoveaAssigner,
+    "paa": PAAAssigner,
 }
 
 __all__ = [
@@ -36,6 +38,7 @@ __all__ = [
     "FoveaAssigner",
     "IACAssigner",
     "MaxIoUAssigner",
+    "PAAAssigner",
     "iac_assign",
     "iac_scores",
 ]

@@ -3,7 +3,7 @@
 An assigner decides, per anchor, whether it is a positive (and for which ground truth), a
 negative, or ignored by the classification loss. Detectors call it once per image and never
 look inside it, so anything that labels anchors from boxes and (optionally) the head's own
-predictions fits here: max-IoU (RetinaNet), IAC, and later ATSS / FCOS / PAA-style rules.
+predictions fits here: max-IoU (RetinaNet), IAC, ATSS, FCOS, FoveaBox and PAA.
 """
 
 from __future__ import annotations
@@ -44,13 +44,14 @@ def all_negative(num_anchors: int, device: torch.device) -> AssignResult:
 class Assigner(abc.ABC):
     """Labels the anchors of one image.
 
-    ``uses_cls_probs`` says whether ``assign`` reads ``cls_probs``; callers pass None when it
-    is False, so detectors do not compute probabilities nobody reads.
+    ``uses_cls_probs`` says whether ``assign`` reads ``cls_probs`` and ``uses_predictions``
+    whether it reads ``pred_boxes``; callers pass None for an input the assigner does not
+    read, so detectors do not compute what nobody reads.
 
     Contract (every implementation; constructors take keyword-only arguments):
 
     ``assign(anchors, gt_boxes, gt_labels, cls_probs, *, iteration=0,
-    num_anchors_per_level=None) -> AssignResult``
+    num_anchors_per_level=None, pred_boxes=None) -> AssignResult``
 
     - ``anchors`` [A, 4] and ``gt_boxes`` [G, 4] are xyxy in the same pixel frame;
       ``gt_labels`` [G] int64 are class indices (columns of ``cls_probs``).
@@ -62,6 +63,9 @@ class Assigner(abc.ABC):
     - ``num_anchors_per_level``: anchors per FPN level, in the order they are concatenated
       in ``anchors`` (sums to A); rules that pick top-k per level (ATSS, PAA) need it, the
       others ignore it.
+    - ``pred_boxes`` [A, 4] or ``None``: the head's current decoded box for each anchor (xyxy,
+      same frame, detached). Rules that score anchors by the head's own losses (PAA) read it
+      and raise ``ValueError`` when it is ``None``; the others ignore it.
     - G may be 0: every anchor is then NEGATIVE with ``matched_gt == -1``.
     - Returns ``labels`` [A] int64 in {POSITIVE, NEGATIVE, IGNORED} and ``matched_gt``
       [A] int64, the matched ground truth for positives and -1 for every other anchor, both
@@ -70,6 +74,7 @@ class Assigner(abc.ABC):
     """
 
     uses_cls_probs: ClassVar[bool] = False
+    uses_predictions: ClassVar[bool] = False
 
     @abc.abstractmethod
     def assign(
@@ -81,5 +86,6 @@ class Assigner(abc.ABC):
         *,
         iteration: int = 0,
         num_anchors_per_level: list[int] | None = None,
+        pred_boxes: Tensor | None = None,
     ) -> AssignResult:
         """Label ``anchors`` [A, 4] against ``gt_boxes`` [G, 4]; see the class docstring."""

@@ -74,6 +74,7 @@ class FCOSAssigner(Assigner):
         *,
         iteration: int = 0,
         num_anchors_per_level: list[int] | None = None,
+        pred_boxes: Tensor | None = None,
     ) -> AssignResult:
         num_anchors = anchors.shape[0]
         if gt_boxes.shape[0] == 0 or num_anchors == 0:

@@ -40,6 +40,7 @@ class FoveaAssigner(Assigner):
         *,
         iteration: int = 0,
         num_anchors_per_level: list[int] | None = None,
+        pred_boxes: Tensor | None = None,
     ) -> AssignResult:
         num_anchors = anchors.shape[0]
         if gt_boxes.shape[0] == 0 or num_anchors == 0:

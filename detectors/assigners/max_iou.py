@@ -76,6 +76,7 @@ class MaxIoUAssigner(Assigner):
         *,
         iteration: int = 0,
         num_anchors_per_level: list[int] | None = None,
+        pred_boxes: Tensor | None = None,
     ) -> AssignResult:
         if gt_boxes.shape[0] == 0:
             return all_negative(anchors.shape[0], anchors.device)

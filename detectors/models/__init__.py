@@ -16,6 +16,7 @@ from detectors.assigners import (
     FoveaAssigner,
     IACAssigner,
     MaxIoUAssigner,
+    PAAAssigner,
 )
 from detectors.config import ConfigError, ExperimentConfig
 from detectors.losses.focal import FocalLoss
@@ -26,17 +27,22 @@ from detectors.models.backbone import BackboneWithFPN, PretrainedWeightsError, b
 from detectors.models.dense import DenseDetector, PostprocessParams
 from detectors.models.fcos import FCOS, PointHead
 from detectors.models.foveabox import FoveaBox
+from detectors.models.matcher import HungarianMatcher
+from detectors.models.paa import PAA
 from detectors.models.retinanet import RetinaNet, RetinaNetHead
+from detectors.models.sparse_rcnn import SparseRCNN, SparseRCNNHead
 from detectors.postprocess import NMS, CLBalancedNMS, GreedyNMS, SoftNMS
 
 __all__ = [
     "ATSS",
     "DETECTORS",
     "FCOS",
+    "PAA",
     "DenseDetector",
     "FoveaBox",
     "PretrainedWeightsError",
     "RetinaNet",
+    "SparseRCNN",
     "build_assigner",
     "build_detector",
     "build_nms",
@@ -44,7 +50,7 @@ __all__ = [
 
 
 # Heads whose locations are anchor boxes: the only ones IAC (an anchor-IoU rule) applies to.
-ANCHOR_BASED = ("retinanet", "atss")
+ANCHOR_BASED = ("retinanet", "atss", "paa")
 
 
 def build_assigner(cfg: ExperimentConfig) -> Assigner:
@@ -57,10 +63,15 @@ def build_assigner(cfg: ExperimentConfig) -> Assigner:
             "",
             "assign.kind",
             f"iac needs an anchor-based detector ({', '.join(ANCHOR_BASED)}); "
-            f"{m.name} is point-based",
+            f"{m.name} has no anchors",
         )
     if a.kind != "iac" and m.name == "atss":
         return ATSSAssigner(topk=m.atss_topk)
+    if a.kind != "iac" and m.name == "paa":
+        loss = cfg.loss
+        return PAAAssigner(
+            topk=m.paa_topk, focal_alpha=loss.focal_alpha, focal_gamma=loss.focal_gamma
+        )
     if m.name == "fcos":
         return FCOSAssigner(center_sampling_radius=m.center_sampling_radius)
     if m.name == "foveabox":
@@ -129,16 +140,95 @@ def _point_model(cls: type[FCOS], anchor_scale: float, centerness: bool) -> Any:
     return build
 
 
+def _sparse_rcnn(
+    cfg: ExperimentConfig, backbone: BackboneWithFPN, base: dict[str, Any]
+) -> SparseRCNN:
+    """Sparse R-CNN takes the correlation loss; the dense-head methods are errors (and the
+    dense knobs ``loss.reg*``, ``anchor_*``, ``assign.*``, ``nms.*`` except ``max_detections``
+    are unused)."""
+    m, s, loss = cfg.model, cfg.model.sparse, cfg.loss
+    problems = [  # (key, whether it is set to something sparse_rcnn cannot do, why)
+        ("loss.dc.enabled", loss.dc.enabled, "the DC loss needs a dense head"),
+        ("nms.kind", cfg.nms.kind != "greedy", "sparse_rcnn is NMS-free (no NMS runs)"),
+        (
+            "loss.corr.pool",
+            loss.corr.pool == "level",
+            "sparse_rcnn has no FPN-level pools; use batch or image",
+        ),
+        (
+            "model.fpn_channels",
+            m.fpn_channels % s.attention_heads != 0,
+            f"must be divisible by model.sparse.attention_heads ({s.attention_heads})",
+        ),
+    ]
+    for key, unsupported, why in problems:
+        if unsupported:
+            raise ConfigError("", key, why)
+    head = SparseRCNNHead(
+        levels=backbone.levels,
+        num_classes=base["num_classes"],
+        num_proposals=m.num_proposals,
+        num_stages=m.num_stages,
+        dim=m.fpn_channels,
+        attention_heads=s.attention_heads,
+        ffn_dim=s.ffn_multiplier * m.fpn_channels,
+        dynamic_dim=max(1, m.fpn_channels // s.dynamic_divisor),
+        pooler_resolution=s.pooler_resolution,
+        sampling_ratio=s.sampling_ratio,
+        cls_fcs=s.cls_fcs,
+        reg_fcs=s.reg_fcs,
+        dropout=s.dropout,
+        prior_prob=m.prior_prob,
+    )
+    matcher = HungarianMatcher(
+        cls_weight=loss.sparse.cls_weight,
+        l1_weight=loss.sparse.l1_weight,
+        giou_weight=loss.sparse.giou_weight,
+        focal_alpha=loss.focal_alpha,
+        focal_gamma=loss.focal_gamma,
+    )
+    return SparseRCNN(
+        backbone=backbone,
+        head=head,
+        matcher=matcher,
+        num_classes=base["num_classes"],
+        cls_loss=base["cls_loss"],
+        loss_weights=loss.sparse,
+        corr=loss.corr,
+        max_detections=cfg.nms.max_detections,
+    )
+
+
+def _paa(cfg: ExperimentConfig, backbone: BackboneWithFPN, base: dict[str, Any]) -> Any:
+    """ATSS's builder (its centerness conv is PAA's IoU branch; ``model.centerness=false``
+    drops it, the paper's ablation) with PAA's own box loss (always GIoU: the anchor score
+    is defined with it) and post-processing options."""
+    m = cfg.model
+    paa = {
+        "reg_loss": "giou",
+        "reg_weight": m.paa_reg_weight,
+        "score_voting": m.paa_score_voting,
+        "iou_weight": m.paa_iou_weight,
+    }
+    return _point_model(PAA, ATSS_ANCHOR_SCALE, centerness=True)(cfg, backbone, base | paa)
+
+
 # model.name -> builder(cfg, backbone, common keyword arguments) -> detector.
 DETECTORS: dict[str, Callable[[ExperimentConfig, BackboneWithFPN, dict[str, Any]], Any]] = {
     "retinanet": _retinanet,
     "atss": _point_model(ATSS, ATSS_ANCHOR_SCALE, centerness=True),
     "fcos": _point_model(FCOS, 1.0, centerness=True),
     "foveabox": _point_model(FoveaBox, 1.0, centerness=False),
+    "paa": _paa,
+    "sparse_rcnn": _sparse_rcnn,
 }
 
 
-def build_detector(cfg: ExperimentConfig, num_classes: int) -> DenseDetector:
+# What build_detector returns: a dense detector, or the set predictor Sparse R-CNN.
+Detector = DenseDetector | SparseRCNN
+
+
+def build_detector(cfg: ExperimentConfig, num_classes: int) -> Detector:
     m = cfg.model
     backbone = build_backbone(
         m.backbone,
@@ -166,5 +256,5 @@ def build_detector(cfg: ExperimentConfig, num_classes: int) -> DenseDetector:
         "nms": build_nms(cfg),
         "post": post,
     }
-    detector: DenseDetector = DETECTORS[m.name](cfg, backbone, base)
+    detector: Detector = DETECTORS[m.name](cfg, backbone, base)
     return detector

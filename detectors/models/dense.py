@@ -235,6 +235,14 @@ class DenseDetector(nn.Module):
         return {"loss_corr": self.corr.weight * out.loss}
 
     # ------------------------------------------------------------------ post-processing
+    def detection_boxes(
+        self, keep: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor
+    ) -> Tensor:
+        """Boxes [K, 4] of the detections ``keep`` [K] (indices into one image's pre-NMS
+        candidates ``boxes`` [M, 4], ``scores`` [M], ``labels`` [M]): by default their own
+        boxes; PAA's score voting overrides it."""
+        return boxes[keep]
+
     @torch.no_grad()
     def postprocess(
         self, outputs: dict[str, Any], targets: Targets | None
@@ -267,7 +275,13 @@ class DenseDetector(nn.Module):
                 keep[: self.post.max_detections],
                 kept_scores[: self.post.max_detections],
             )
-            results.append({"boxes": boxes[keep], "scores": kept_scores, "labels": labels[keep]})
+            results.append(
+                {
+                    "boxes": self.detection_boxes(keep, boxes, scores, labels),
+                    "scores": kept_scores,
+                    "labels": labels[keep],
+                }
+            )
         if targets is not None:
             labels_t, matched_gt, _ = self.match(outputs, targets)
             pos = self.gather_positives(outputs, targets, labels_t == 1, matched_gt)
@@ -287,11 +301,17 @@ def assign_batch(
     *,
     iteration: int,
     num_per_level: list[int],
+    pred_boxes: Tensor | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
-    """Run ``assigner`` per image: ``(labels [B, N], matched_gt [B, N], num_recalled)``."""
+    """Run ``assigner`` per image: ``(labels [B, N], matched_gt [B, N], num_recalled)``.
+
+    ``pred_boxes`` [B, N, 4] (decoded, xyxy) reach assigners that use predictions (PAA)."""
     labels, matched, recalled = [], [], 0
     for b, target in enumerate(targets):
         probs = cls_logits[b].detach().sigmoid() if assigner.uses_cls_probs else None
+        boxes = None
+        if assigner.uses_predictions and pred_boxes is not None:
+            boxes = pred_boxes[b].detach()
         result = assigner.assign(
             anchors,
             target["boxes"],
@@ -299,6 +319,7 @@ def assign_batch(
             probs,
             iteration=iteration,
             num_anchors_per_level=num_per_level,
+            pred_boxes=boxes,
         )
         labels.append(result.labels)
         matched.append(result.matched_gt)

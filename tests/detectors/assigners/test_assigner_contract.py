@@ -39,17 +39,18 @@ def check_contract(result: AssignResult, anchors: Tensor, gt_boxes: Tensor) -> N
 
 
 def run(assigner: Assigner, anchors: Tensor, gt_boxes: Tensor, probs: Tensor) -> AssignResult:
+    """Assign with predicted boxes equal to the anchors (an untrained regressor)."""
     gt_labels = torch.arange(gt_boxes.shape[0]) % NUM_CLASSES
-    result = assigner.assign(anchors, gt_boxes, gt_labels, probs, iteration=10)
+    result = assigner.assign(anchors, gt_boxes, gt_labels, probs, iteration=10, pred_boxes=anchors)
     check_contract(result, anchors, gt_boxes)
-    again = assigner.assign(anchors, gt_boxes, gt_labels, probs, iteration=10)
+    again = assigner.assign(anchors, gt_boxes, gt_labels, probs, iteration=10, pred_boxes=anchors)
     assert torch.equal(result.labels, again.labels)  # deterministic
     assert torch.equal(result.matched_gt, again.matched_gt)
     return result
 
 
 def test_table_lists_the_implementations() -> None:
-    assert set(ASSIGNERS) == {"max_iou", "iac", "atss", "fcos", "fovea"}
+    assert set(ASSIGNERS) == {"max_iou", "iac", "atss", "fcos", "fovea", "paa"}
     assert all(issubclass(cls, Assigner) for cls in ASSIGNERS.values())
 
 
@@ -79,7 +80,7 @@ def test_no_anchor(name: str) -> None:
 def test_assigners_that_ignore_probabilities_accept_none(name: str) -> None:
     """Detectors pass ``cls_probs=None`` when ``uses_cls_probs`` is False (no sigmoid)."""
     assigner = make(name)
-    assert assigner.uses_cls_probs == (name == "iac")
+    assert assigner.uses_cls_probs == (name in {"iac", "paa"})
     if assigner.uses_cls_probs:
         return
     gen = torch.Generator().manual_seed(0)
@@ -92,6 +93,30 @@ def test_assigners_that_ignore_probabilities_accept_none(name: str) -> None:
     without = assigner.assign(anchors, gt_boxes, gt_labels, None)
     assert torch.equal(with_probs.labels, without.labels)
     assert torch.equal(with_probs.matched_gt, without.matched_gt)
+
+
+@pytest.mark.parametrize("name", sorted(ASSIGNERS))
+def test_assigners_that_ignore_predictions_accept_none(name: str) -> None:
+    """Detectors pass ``pred_boxes=None`` when ``uses_predictions`` is False; those that
+    read them reject None, and nobody else looks at them."""
+    assigner = make(name)
+    assert assigner.uses_predictions == (name == "paa")
+    gen = torch.Generator().manual_seed(1)
+    xy = torch.rand(40, 2, generator=gen) * 60
+    anchors = torch.cat([xy, xy + 8 + torch.rand(40, 2, generator=gen) * 24], dim=1)
+    gt_boxes = torch.tensor([[5.0, 5.0, 40.0, 30.0], [20.0, 25.0, 70.0, 80.0]])
+    gt_labels = torch.tensor([0, 1])
+    probs = torch.rand(40, NUM_CLASSES, generator=gen)
+    shifted = anchors + torch.randn(40, 4, generator=gen) * 5
+    with_boxes = assigner.assign(anchors, gt_boxes, gt_labels, probs, pred_boxes=shifted)
+    check_contract(with_boxes, anchors, gt_boxes)
+    if assigner.uses_predictions:
+        with pytest.raises(ValueError, match="pred_boxes"):
+            assigner.assign(anchors, gt_boxes, gt_labels, probs, pred_boxes=None)
+        return
+    without = assigner.assign(anchors, gt_boxes, gt_labels, probs, pred_boxes=None)
+    assert torch.equal(with_boxes.labels, without.labels)
+    assert torch.equal(with_boxes.matched_gt, without.matched_gt)
 
 
 @pytest.mark.parametrize("name", sorted(ASSIGNERS))
@@ -142,7 +167,12 @@ def test_accepts_anchors_per_level(name: str) -> None:
     anchors = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 20.0, 20.0]])
     gt_labels = torch.tensor([0])
     result = make(name).assign(
-        anchors, anchors[:1], gt_labels, torch.zeros(2, 1), num_anchors_per_level=[1, 1]
+        anchors,
+        anchors[:1],
+        gt_labels,
+        torch.zeros(2, 1),
+        num_anchors_per_level=[1, 1],
+        pred_boxes=anchors,
     )
     check_contract(result, anchors, anchors[:1])
     assert result.labels.tolist() == [POSITIVE, NEGATIVE]  # IoU 1 and 100/400
