@@ -46,7 +46,12 @@ TrackingOpt = Annotated[
         help="MLflow tracking URI (default: sqlite:///mlflow.db in this folder).",
     ),
 ]
-VerboseOpt = Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray's own logs.")]
+VerboseOpt = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", "-v", help="Show Ray's own logs (and a line per trial event, no table)."
+    ),
+]
 
 
 def _overrides(items: list[str] | None) -> dict[str, Any]:
@@ -72,14 +77,37 @@ def _progress(line: str) -> None:
     sys.stdout.flush()
 
 
+def _live_console(verbose: bool) -> Any:
+    """A rich Console for the sweep's live table when stdout is a terminal; None (a line per
+    trial event) for pipes, files and CI, and with --verbose (Ray's logs would tear it)."""
+    if verbose or not sys.stdout.isatty():
+        return None
+    from rich.console import Console
+
+    return Console()
+
+
 @app.command()
 def sweep(
     space: Annotated[Path, typer.Argument(help="Search-space YAML (see search_spaces/).")],
     preset: PresetOpt = None,
     set_: SetOpt = None,
     dry_run: Annotated[
-        bool, typer.Option("--dry-run", help="Print the trial plan; run nothing.")
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print the trial plan and its cost estimate (times a few training steps of "
+            "the base config here); run nothing.",
+        ),
     ] = False,
+    measure: Annotated[
+        bool,
+        typer.Option(
+            "--measure/--no-measure",
+            help="With --dry-run: time a few training steps here (--no-measure for presets "
+            "that need a GPU or a download).",
+        ),
+    ] = True,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted sweep.")
     ] = False,
@@ -102,9 +130,7 @@ def sweep(
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a search space: one MLflow parent run, one child run per trial."""
-    from orchestrator.space import load_space
-    from orchestrator.sweep import SweepOptions, describe_plan, plan_sweep, run_sweep
-    from orchestrator.tracking import Ledger
+    from orchestrator.sweep import SweepOptions, plan_and_estimate, run_sweep
 
     opts = SweepOptions(
         preset=preset,
@@ -119,14 +145,12 @@ def sweep(
 
     def go() -> None:
         if dry_run:
-            spec = load_space(space, preset=preset)
-            ledger = Ledger.load(Path.cwd() / ".corrtune" / "sweeps" / spec.name / "ledger.json")
-            _progress(describe_plan(spec, plan_sweep(spec, opts), ledger.finished()))
+            _progress(plan_and_estimate(space, opts, measure=measure))
             return
-        result = run_sweep(space, opts, printer=_progress)
+        result = run_sweep(space, opts, printer=_progress, console=_live_console(verbose))
         if result.status == "KILLED":  # interrupted (Ctrl-C); it printed how to resume
             raise typer.Exit(130)
-        if result.status != "FINISHED":
+        if result.status not in ("FINISHED", "STOPPED"):  # STOPPED: the budget was spent
             raise typer.Exit(1)
 
     _guard(go)

@@ -10,6 +10,8 @@ USER_ERRORS: tuple[type[Exception], ...] = (
     ConfigError,
     DataError,
     PretrainedWeightsError,
-    FileNotFoundError,
+    # A file or folder the user named that cannot be read or written (missing, a file where
+    # a folder goes, no permission, a full disk), or a server they named that is not there.
+    OSError,
 )
 EXIT_USER_ERROR = 2

@@ -62,7 +62,7 @@ class TrialRow:
     key: str
     overrides: dict[str, Any]  # parameter values of this trial (and train.seed)
     repeat: int
-    status: str  # FINISHED / FAILED / KILLED / RUNNING / NOT RUN
+    status: str  # FINISHED / STOPPED (early, by ASHA) / FAILED / KILLED / RUNNING / NOT RUN
     run_id: str
     metrics: dict[str, float]
 
@@ -351,6 +351,27 @@ def write_plots(
     return written
 
 
+# Where a trial's wall time goes (TrackingCallback's timings), in order.
+PHASES = {
+    "launch_s": "start-up (trial actor, Ray Train controller, workers)",
+    "setup_s": "data and model",
+    "train_time_s": "training loop",
+    "eval_time_s": "of which evaluations",
+    "teardown_s": "tear-down",
+    "trial_wall_s": "trial wall time",
+}
+
+
+def time_breakdown(done: list[TrialRow]) -> list[str]:
+    """One line: the median of each phase of the finished trials' wall time."""
+    parts = []
+    for key, what in PHASES.items():
+        values = [r.metrics[key] for r in done if math.isfinite(r.metrics.get(key, math.nan))]
+        if values:
+            parts.append(f"{what} {statistics.median(values):.1f} s")
+    return [f"- Per finished trial (medians): {'; '.join(parts)}"] if parts else []
+
+
 def write_report(
     space: Space,
     ledger: Ledger,
@@ -364,6 +385,7 @@ def write_report(
     metrics = list(dict.fromkeys([space.metric, *TABLE_METRICS]))
     table = config_table(space, rows, [*metrics, *COST_METRICS])
     done = [r for r in rows if r.status == "FINISHED"]
+    stopped = sum(r.status == "STOPPED" for r in rows)
     write_parquet(space, rows, out / "trials.parquet")
     plots = write_plots(space, rows, table, out)
     trial_wall = sum(r.metrics.get("trial_wall_s", 0.0) for r in rows)
@@ -374,8 +396,14 @@ def write_report(
         space.description,
         "",
         f"Base preset `{space.base}`, method `{space.method}`, metric `{space.metric}` "
-        f"({space.goal}); {len(done)}/{len(rows)} trials finished; "
-        f"{space.repeats} repeat(s) per configuration.",
+        f"({space.goal}); {len(done)}/{len(rows)} trials finished"
+        + (
+            f", {stopped} stopped early by ASHA (not in the table: their metrics are "
+            "from fewer iterations)"
+            if stopped
+            else ""
+        )
+        + f"; {space.repeats} repeat(s) per configuration.",
         "",
         "Mean ± half-width of the 95% Student-t confidence interval over repeats "
         "(no ± with one repeat); best per column in **bold**.",
@@ -392,7 +420,9 @@ def write_report(
         f"- Sweep wall time (all invocations): {ledger.sweep_wall_s:.0f} s",
         f"- Sum of trial wall times: {trial_wall:.0f} s "
         f"(mean {trial_wall / max(len(done), 1):.0f} s per finished trial)",
-        f"- GPU-hours: {gpu_hours:.3f}",
+        f"- GPU-hours: {gpu_hours:.3f}; CPU-hours: "
+        f"{sum(r.metrics.get('cpu_hours', 0.0) for r in rows):.3f}",
+        *time_breakdown(done),
         "",
         "## Trials",
         "",

@@ -85,9 +85,22 @@ class Resources:
 
 @dataclass(frozen=True)
 class Scheduler:
+    """ASHA stops trials whose objective, at an evaluation (``train.eval_every``), falls in
+    the worst ``1 - 1/reduction_factor`` of the trials that reached that iteration."""
+
     kind: Literal["none", "asha"] = "none"
-    grace_period: int = 1  # reports before ASHA may stop a trial
+    grace_period: int = 1  # iterations before ASHA may stop a trial (its first rung)
     reduction_factor: int = 3
+
+
+@dataclass(frozen=True)
+class Budget:
+    """Resource-hours after which the sweep stops (0 = no limit). A trial costs its wall time
+    × workers × GPUs (or CPUs) per worker, counted while it runs: when either budget is
+    spent, running trials are stopped (KILLED, resumable) and no new trial starts."""
+
+    gpu_hours: float = 0.0
+    cpu_hours: float = 0.0  # for CPU-only sweeps, whose GPU-hours stay 0
 
 
 @dataclass(frozen=True)
@@ -106,7 +119,7 @@ class Space:
     max_concurrent: int = 0  # 0 = as many as resources allow
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
-    budget_gpu_hours: float = 0.0  # stop launching trials past this (0 = no budget)
+    budget: Budget = field(default_factory=Budget)
 
     def digest(self) -> str:
         """A short hash of everything that defines the study (tags runs; keys resume)."""
@@ -272,22 +285,8 @@ def load_space(path: str | Path, *, preset: str | None = None) -> Space:
         if value < 0 or (key == "workers" and value < 1):
             raise _fail(source, f"resources.{key}", "must be positive")
     resources = Resources(**res_raw)
-    sched_raw = _expect(
-        raw.get("scheduler", {"kind": "none"}), dict, source, "scheduler", "a mapping"
-    )
-    for key in sched_raw:
-        if key not in ("kind", "grace_period", "reduction_factor"):
-            raise _fail(source, f"scheduler.{key}", "unknown key")
-    if sched_raw.get("kind", "none") not in ("none", "asha"):
-        raise _fail(source, "scheduler.kind", "must be none or asha")
-    scheduler = Scheduler(**sched_raw)
-    budget = raw.get("budget", {})
-    budget_hours = 0.0
-    if budget:
-        budget = _expect(budget, dict, source, "budget", "a mapping like {gpu_hours: 4}")
-        budget_hours = float(
-            _expect(budget.get("gpu_hours"), (int, float), source, "budget.gpu_hours", "a number")
-        )
+    scheduler = _scheduler(raw.get("scheduler", {"kind": "none"}), source)
+    budget = _budget(raw.get("budget", {}), source, resources)
     return Space(
         name=name,
         path=source,
@@ -303,8 +302,55 @@ def load_space(path: str | Path, *, preset: str | None = None) -> Space:
         max_concurrent=max_conc,
         resources=resources,
         scheduler=scheduler,
-        budget_gpu_hours=budget_hours,
+        budget=budget,
     )
+
+
+def _scheduler(raw: Any, source: str) -> Scheduler:
+    raw = _expect(raw, dict, source, "scheduler", "a mapping like {kind: asha}")
+    for key in raw:
+        if key not in ("kind", "grace_period", "reduction_factor"):
+            raise _fail(
+                source,
+                f"scheduler.{key}",
+                "unknown key; expected kind, grace_period, reduction_factor",
+            )
+    kind = raw.get("kind", "none")
+    if kind not in ("none", "asha"):
+        raise _fail(source, "scheduler.kind", f"must be none or asha, got {kind!r}")
+    grace = _expect(
+        raw.get("grace_period", 1), int, source, "scheduler.grace_period", "an integer"
+    )
+    factor = _expect(
+        raw.get("reduction_factor", 3), int, source, "scheduler.reduction_factor", "an integer"
+    )
+    if grace < 1:
+        raise _fail(source, "scheduler.grace_period", "must be at least 1")
+    if factor < 2:
+        raise _fail(source, "scheduler.reduction_factor", "must be at least 2")
+    return Scheduler(kind=kind, grace_period=grace, reduction_factor=factor)
+
+
+def _budget(raw: Any, source: str, resources: Resources) -> Budget:
+    if not raw:
+        return Budget()
+    raw = _expect(raw, dict, source, "budget", "a mapping like {gpu_hours: 4}")
+    hours: dict[str, float] = {}
+    for key, value in raw.items():
+        if key not in ("gpu_hours", "cpu_hours"):
+            raise _fail(source, f"budget.{key}", "unknown key; expected gpu_hours, cpu_hours")
+        _expect(value, (int, float), source, f"budget.{key}", "a number of hours")
+        if value <= 0:
+            raise _fail(source, f"budget.{key}", "must be positive")
+        hours[key] = float(value)
+    if "gpu_hours" in hours and resources.gpus_per_worker == 0:
+        raise _fail(
+            source,
+            "budget.gpu_hours",
+            "the trials request no GPU (resources.gpus_per_worker is 0), so no GPU-hours "
+            "are ever spent; use budget.cpu_hours",
+        )
+    return Budget(**hours)
 
 
 def trial_key(overrides: dict[str, Any], repeat: int) -> str:

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import re
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
@@ -19,9 +20,13 @@ from pathlib import Path
 from typing import Any
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+# Ledger statuses of trials that a resumed sweep does not run again. STOPPED: ended early by
+# the scheduler (ASHA); its MLflow run is FINISHED with a ``corrtune.stopped_at`` tag.
+ENDED = ("FINISHED", "STOPPED")
 
 
 def tracking_uri(explicit: str | None, workdir: Path | None = None) -> str:
@@ -74,6 +79,7 @@ class Ledger:
     space_digest: str = ""
     trials: dict[str, dict[str, Any]] = field(default_factory=dict)
     sweep_wall_s: float = 0.0  # summed over every invocation (resumes included)
+    storage: str = ""  # where Ray keeps the sweep's checkpoints (a resume looks there)
 
     @classmethod
     def load(cls, path: Path) -> Ledger:
@@ -86,6 +92,7 @@ class Ledger:
             data.get("space_digest", ""),
             data.get("trials", {}),
             float(data.get("sweep_wall_s", 0.0)),
+            str(data.get("storage", "")),
         )
 
     def save(self) -> None:
@@ -95,6 +102,7 @@ class Ledger:
             "space_digest": self.space_digest,
             "trials": self.trials,
             "sweep_wall_s": self.sweep_wall_s,
+            "storage": self.storage,
         }
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
         with os.fdopen(fd, "w") as f:
@@ -102,7 +110,9 @@ class Ledger:
         os.replace(tmp, self.path)
 
     def finished(self) -> set[str]:
-        return {k for k, v in self.trials.items() if v.get("status") == "FINISHED"}
+        """Trials that ended for good: finished, or stopped early by the scheduler (ASHA
+        decided they were not worth finishing; a resume does not run them again)."""
+        return {k for k, v in self.trials.items() if v.get("status") in ENDED}
 
 
 class SweepTracker:
@@ -115,10 +125,18 @@ class SweepTracker:
         # and a later sweep in the same process (tests, notebooks) would follow it.
         self.client = MlflowClient(uri)
         self.ledger = ledger
-        found = self.client.get_experiment_by_name(experiment)
-        self.experiment_id = (
-            found.experiment_id if found else self.client.create_experiment(experiment)
-        )
+        try:
+            found = self.client.get_experiment_by_name(experiment)
+            self.experiment_id = (
+                found.experiment_id if found else self.client.create_experiment(experiment)
+            )
+        except MlflowException as exc:  # a server that is not there, a store it cannot open
+            from detectors.config import ConfigError
+
+            why = re.findall(r"\[Errno -?\d+\][^\"')]*", str(exc)) or [str(exc)[:200]]
+            raise ConfigError(
+                "--tracking-uri", "tracking_uri", f"cannot use the MLflow store {uri}: {why[-1]}"
+            ) from None
 
     # ------------------------------------------------------------------------ parent
     def open_parent(self, *, run_name: str, params: dict[str, Any], tags: dict[str, str]) -> str:
@@ -182,7 +200,10 @@ class SweepTracker:
         metrics: dict[str, Any] | None = None,
         artifacts: dict[str, Any] | None = None,
         error: str = "",
+        stopped_at: int | None = None,
     ) -> None:
+        """End trial ``key``'s run with ``status``. ``stopped_at``: the iteration at which the
+        scheduler stopped it (the run is FINISHED; the ledger says STOPPED)."""
         entry = self.ledger.trials[key]
         run_id = entry["run_id"]
         if metrics:
@@ -195,8 +216,11 @@ class SweepTracker:
         if error:
             self.client.set_tag(run_id, "error", error[:4000])
             entry["error"] = error[:4000]
+        if stopped_at is not None:
+            self.client.set_tag(run_id, "corrtune.stopped_at", str(stopped_at))
+            entry["stopped_at"] = stopped_at
         self.client.set_terminated(run_id, status=status)
-        entry["status"] = status
+        entry["status"] = "STOPPED" if stopped_at is not None else status
         self.ledger.save()
 
     def close_orphans(self) -> list[str]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from unittest import mock
 
@@ -64,7 +65,8 @@ def test_dry_run_prints_the_plan_and_runs_nothing(runner: CliRunner, tmp_path: P
     space.write_text(SPACE)
     with mock.patch("orchestrator.sweep.run_sweep") as run:
         result = runner.invoke(
-            app, ["sweep", str(space), "--dry-run", "--set", "train.iterations=7"]
+            app,
+            ["sweep", str(space), "--dry-run", "--set", "train.iterations=7", "--no-measure"],
         )
     assert result.exit_code == 0, result.output
     run.assert_not_called()
@@ -72,7 +74,27 @@ def test_dry_run_prints_the_plan_and_runs_nothing(runner: CliRunner, tmp_path: P
     assert "3 trial(s) to run" in result.output
     rows = [ln for ln in result.output.splitlines() if ln.split()[:1] in (["0"], ["1"], ["2"])]
     assert len(rows) == 3 and all(" 7 " in r and r.endswith("to run") for r in rows)
+    assert "cost estimate: not measured (--no-measure); 3 trial(s)" in result.output
     assert not (tmp_path / ".corrtune").exists()
+
+
+def test_dry_run_measures_steps_and_estimates_the_cost(runner: CliRunner, tmp_path: Path) -> None:
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    result = runner.invoke(
+        app,
+        ["sweep", str(space), "--dry-run", "--max-concurrent", "1", "--set", "train.iterations=7"],
+    )
+    assert result.exit_code == 0, result.output
+    out = result.output
+    match = re.search(r"cost estimate: ([0-9.]+) s per iteration, ([0-9.]+) s per evaluation", out)
+    assert match, out
+    per_iter, per_eval = float(match[1]), float(match[2])
+    assert 0 < per_iter < 60 and 0 < per_eval < 600
+    assert "(measured: 3 steps of the base config here, CPU" in out
+    assert "3 trial(s), 1 at a time: about " in out
+    assert "0.000 GPU-hours" in out  # a CPU space
+    assert not (tmp_path / ".corrtune").exists()  # the data for the steps went to a temp dir
 
 
 def test_sweep_passes_options_to_run_sweep(runner: CliRunner, tmp_path: Path) -> None:
@@ -121,6 +143,44 @@ def test_interrupted_sweep_exits_nonzero(runner: CliRunner, tmp_path: Path) -> N
     with mock.patch("orchestrator.sweep.run_sweep", return_value=failed):
         result = runner.invoke(app, ["sweep", str(space)])
     assert result.exit_code == 1
+    stopped = SweepResult("clidemo", "p", {}, 1.0, None, "STOPPED")  # its budget was spent
+    with mock.patch("orchestrator.sweep.run_sweep", return_value=stopped):
+        result = runner.invoke(app, ["sweep", str(space)])
+    assert result.exit_code == 0
+
+
+def test_report_failure_after_a_sweep_is_a_warning_and_exit_0(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    (tmp_path / "results").write_text("a file where the results folder goes")
+    # The real run_sweep; only Ray (the heavy part) is left out.
+    with (
+        mock.patch("orchestrator.sweep._start_ray", return_value=False),
+        mock.patch("orchestrator.sweep._run_tune", return_value="FINISHED") as run,
+    ):
+        result = runner.invoke(app, ["sweep", str(space), "--preset", "smoke"])
+    run.assert_called_once()
+    assert result.exit_code == 0, result.output
+    assert "Traceback" not in result.output
+    lines = result.output.splitlines()
+    warnings = [ln for ln in lines if ln.startswith("warning")]
+    assert len(warnings) == 1, result.output
+    assert not any(ln.startswith("report: ") for ln in lines)  # no report was written
+    assert warnings[0].startswith("warning: the report in ")
+    assert "the runs are saved" in warnings[0]
+    assert warnings[0].endswith(f"retry with: corrtune report {space} --preset smoke")
+    # The retry, while the folder is still blocked: a user error, one line, exit 2.
+    again = runner.invoke(app, ["report", str(space), "--preset", "smoke"])
+    assert again.exit_code == 2
+    lines = [ln for ln in again.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("corrtune: error: ")
+    assert "results" in lines[0] and "Traceback" not in again.output
+    (tmp_path / "results").unlink()  # the cause fixed: the retry writes the report
+    fixed = runner.invoke(app, ["report", str(space), "--preset", "smoke"])
+    assert fixed.exit_code == 0, fixed.output
+    assert (tmp_path / "results" / "clidemo" / "summary.md").exists()
 
 
 def test_report_of_a_sweep_that_never_ran_is_exit_2(runner: CliRunner, tmp_path: Path) -> None:

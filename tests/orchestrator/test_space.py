@@ -89,6 +89,17 @@ def test_preset_option_replaces_base(tmp_path: Path) -> None:
         (VALID + "method: bayes\n", "method", "grid, random or tpe"),
         (VALID + "repeats: 0\n", "repeats", "at least 1"),
         (VALID.replace("goal: maximize", "goal: up"), "metric.goal", "maximize or minimize"),
+        (VALID + "budget: {gpu_hours: 2}\n", "budget.gpu_hours", "request no GPU"),
+        (VALID + "budget: {cpu_hours: 0}\n", "budget.cpu_hours", "must be positive"),
+        (VALID + "budget: {hours: 2}\n", "budget.hours", "expected gpu_hours, cpu_hours"),
+        (VALID + "budget: 4\n", "budget", "a mapping"),
+        (VALID + "scheduler: {kind: hyperband}\n", "scheduler.kind", "none or asha"),
+        (VALID + "scheduler: {kind: asha, grace: 2}\n", "scheduler.grace", "unknown key"),
+        (
+            VALID + "scheduler: {kind: asha, reduction_factor: 1}\n",
+            "scheduler.reduction_factor",
+            "at least 2",
+        ),
     ],
 )
 def test_bad_space_names_file_key_problem(
@@ -119,3 +130,24 @@ def test_short_names_disambiguate_colliding_leaves() -> None:
     keys = ["assign.kind", "loss.dc.enabled", "nms.kind"]
     assert [short_name(k, keys) for k in keys] == ["assign.kind", "enabled", "nms.kind"]
     assert short_name("loss.corr.weight", ["loss.corr.weight"]) == "weight"
+
+
+def test_budget_in_gpu_and_cpu_hours(tmp_path: Path) -> None:
+    gpu = VALID + "resources: {gpus_per_worker: 0.5}\nbudget: {gpu_hours: 4, cpu_hours: 8}\n"
+    budget = load_space(write(tmp_path, gpu)).budget
+    assert (budget.gpu_hours, budget.cpu_hours) == (4.0, 8.0)
+    assert load_space(write(tmp_path, VALID)).budget.gpu_hours == 0.0  # no budget
+
+
+def test_asha_needs_intermediate_evaluations(tmp_path: Path) -> None:
+    from orchestrator.sweep import SweepOptions, plan_sweep
+
+    asha = VALID + "scheduler: {kind: asha}\n"
+    space = load_space(write(tmp_path, asha))
+    with pytest.raises(ConfigError, match="asha needs intermediate evaluations") as info:
+        plan_sweep(space, SweepOptions())
+    assert info.value.key == "scheduler.kind"
+    # Evaluations every 2 iterations, from the space or from --set: planned.
+    with_evals = load_space(write(tmp_path, asha + "fixed: {train.eval_every: 2}\n"))
+    assert len(plan_sweep(with_evals, SweepOptions())) == 3
+    assert len(plan_sweep(space, SweepOptions(overrides={"train.eval_every": 2}))) == 3

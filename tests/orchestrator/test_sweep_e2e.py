@@ -1,16 +1,18 @@
 """End to end: a real sweep (embedded Ray, Tune + Optuna, Ray Train, MLflow in SQLite).
 
 One six-trial sweep is shared by every assertion of this module (Ray Train start-up costs
-~45 s per trial on two cores), and a second one is killed with SIGKILL and resumed.
+~15-20 s per trial on two cores), and a second one is killed with SIGKILL and resumed.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -48,7 +50,12 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> tuple[SweepResult, Path, 
     space.write_text(SPACE)
     lines: list[str] = []
     fault = {_faulty_key(space): 2}
-    opts = SweepOptions(overrides=OVERRIDES, workdir=workdir, inject_worker_fault=fault)
+    opts = SweepOptions(
+        overrides=OVERRIDES,
+        workdir=workdir,
+        inject_worker_fault=fault,
+        storage=str(workdir / "store"),  # --storage: checkpoints and Tune's state go there
+    )
     result = run_sweep(space, opts, printer=lines.append)
     return result, workdir, lines
 
@@ -99,6 +106,39 @@ def test_ledger_maps_every_trial_to_its_run(sweep: tuple) -> None:
     assert {e["status"] for e in ledger["trials"].values()} == {"FINISHED"}
     assert len({e["run_id"] for e in ledger["trials"].values()}) == len(LAMBDAS)
     assert ledger["sweep_wall_s"] > 0
+
+
+def test_storage_holds_checkpoints_and_tune_state(sweep: tuple) -> None:
+    result, workdir, _ = sweep
+    store = workdir / "store"
+    for key in result.trials:  # every trial's Ray Train checkpoints
+        assert list((store / "trials" / key).glob("checkpoint_*/checkpoint.pt")), key
+    assert list(store.glob("tune-*/experiment_state-*.json"))  # Tune's experiment state
+    assert not (workdir / ".corrtune/sweeps/e2e/ray").exists()  # not the default place
+    ledger = json.loads((workdir / ".corrtune/sweeps/e2e/ledger.json").read_text())
+    assert ledger["storage"] == str(store)  # a resume looks there
+
+
+def test_resume_with_another_storage_is_refused(sweep: tuple) -> None:
+    from detectors.config import ConfigError
+
+    _, workdir, _ = sweep
+    opts = SweepOptions(workdir=workdir, resume=True, storage=str(workdir / "elsewhere"))
+    with pytest.raises(ConfigError, match=r"keeps its checkpoints in .*store"):
+        run_sweep(workdir / "e2e.yaml", opts, printer=lambda _: None)
+
+
+def test_where_each_trial_time_goes(sweep: tuple) -> None:
+    result, workdir, _ = sweep
+    for key, entry in result.trials.items():
+        m = entry["metrics"]
+        phases = [m["launch_s"], m["setup_s"], m["train_time_s"], m["teardown_s"]]
+        assert all(p >= 0 for p in phases), (key, m)
+        # Consecutive parts of the trial's wall time (1 s for clocks and report delivery).
+        assert sum(phases) <= m["trial_wall_s"] + 1.0, (key, m)
+        assert m["cpu_hours"] == pytest.approx(m["trial_wall_s"] / 3600)  # 1 worker, 1 CPU
+    summary = (workdir / "results/e2e/summary.md").read_text()
+    assert "- Per finished trial (medians): start-up (trial actor" in summary
 
 
 def test_report_written(sweep: tuple) -> None:
@@ -163,7 +203,17 @@ def _sweep_cmd(space: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "orchestrator.cli", "sweep", str(space), *extra]
 
 
-def test_kill_9_then_resume(tmp_path: Path) -> None:
+def test_machine_restart_then_resume(tmp_path: Path, ray_procs: Any) -> None:
+    """The driver is killed with SIGKILL mid-trial, and so is everything Ray ran for it;
+    then `corrtune sweep --resume` in a fresh process, as after a reboot.
+
+    A kill -9 of the driver takes the embedded Ray down with it: its GCS and raylet share
+    the driver's fate and end within seconds (checked here, not assumed), and so do its
+    workers, but for one that was still starting at the time of the kill, which can linger
+    (seen once: two of its processes still there after 30 s). Those are
+    killed, and the session folder deleted, as a reboot would; what is left is what a
+    restart keeps: the working folder (ledger, MLflow store, checkpoints in the Ray storage).
+    """
     space_path = tmp_path / "crash.yaml"
     space_path.write_text(KILL_SPACE)
     plan = grid_plan(load_space(space_path))
@@ -172,9 +222,46 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
     ckpt_root = tmp_path / ".corrtune/sweeps/crash/ray/trials" / long_key
     env = {k: v for k, v in os.environ.items() if k not in ("MLFLOW_TRACKING_URI", "RAY_ADDRESS")}
     env["PYTHONUNBUFFERED"] = "1"
+    # Each driver's Ray gets a temp root of its own (short: socket paths < 107 characters),
+    # which marks its processes (they inherit RAY_TMPDIR) so that they can be found.
+    first_tmp, second_tmp = (Path(tempfile.mkdtemp(prefix="ctk", dir="/tmp")) for _ in "12")
+    try:
+        _kill_then_resume(
+            space_path,
+            plan,
+            long_key,
+            ledger_path,
+            ckpt_root,
+            env,
+            first_tmp,
+            second_tmp,
+            ray_procs,
+        )
+    finally:
+        for root in (first_tmp, second_tmp):
+            ray_procs.kill(root)
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _kill_then_resume(
+    space_path: Path,
+    plan: list[Any],
+    long_key: str,
+    ledger_path: Path,
+    ckpt_root: Path,
+    env: dict[str, str],
+    first_tmp: Path,
+    second_tmp: Path,
+    ray_procs: Any,
+) -> None:
+    tmp_path = space_path.parent
     log = (tmp_path / "first.log").open("w")
     driver = subprocess.Popen(
-        _sweep_cmd(space_path), cwd=tmp_path, stdout=log, stderr=subprocess.STDOUT, env=env
+        _sweep_cmd(space_path),
+        cwd=tmp_path,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        env=env | {"RAY_TMPDIR": str(first_tmp)},
     )
     deadline = time.time() + 300
     while time.time() < deadline:
@@ -188,8 +275,15 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
         time.sleep(0.5)
     else:
         pytest.fail("no trial finished and checkpointed in time")
+    assert ray_procs.find(first_tmp)  # the driver's Ray: GCS, raylet, trial workers...
     driver.send_signal(signal.SIGKILL)
     driver.wait()
+    left = ray_procs.wait_gone(first_tmp, 30)
+    core = [p for p in left if any(n in ray_procs.cmdline(p) for n in ("gcs_server", "raylet"))]
+    assert not core, f"the embedded Ray outlived its driver: {left}"
+    ray_procs.kill(first_tmp)  # stragglers, if any, as a reboot would
+    assert not ray_procs.find(first_tmp)
+    shutil.rmtree(first_tmp / "ray")  # its session folder, as a reboot wipes /tmp
     before = json.loads(ledger_path.read_text())
     assert before["trials"][long_key]["status"] == "RUNNING"  # the driver died mid-trial
 
@@ -199,7 +293,7 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
         cwd=tmp_path,
         capture_output=True,
         text=True,
-        env=env,
+        env=env | {"RAY_TMPDIR": str(second_tmp)},
         timeout=400,
     )
     resume_s = time.time() - t0
@@ -225,6 +319,7 @@ def test_kill_9_then_resume(tmp_path: Path) -> None:
     keys = [c.data.tags["corrtune.trial_key"] for c in children]
     assert sorted(keys) == sorted(t.key for t in plan)  # one run per trial, no duplicate
     assert all(r.info.status == "FINISHED" for r in runs)  # nothing left RUNNING
+    assert not ray_procs.wait_gone(second_tmp, 30)  # the resumed sweep ended its Ray
 
 
 def test_ui_serves_the_sweep_runs_over_http(sweep: tuple) -> None:

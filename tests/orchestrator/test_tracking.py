@@ -61,3 +61,31 @@ def test_relative_sqlite_uri_is_taken_from_the_workdir(
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert tracking_uri(None, tmp_path) == f"sqlite:///{tmp_path / 'mlflow.db'}"
     assert tracking_uri("http://h:5000", tmp_path) == "http://h:5000"
+
+
+def test_unreachable_tracking_server_is_a_config_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from detectors.config import ConfigError
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")  # fail now, not in minutes
+    with pytest.raises(ConfigError, match=r"--tracking-uri.*127\.0\.0\.1:9.*Connection refused"):
+        SweepTracker(
+            uri="http://127.0.0.1:9", experiment="t", ledger=Ledger(tmp_path / "ledger.json")
+        )
+
+
+def test_stopped_trials_are_ended_for_a_resume(tracker: SweepTracker) -> None:
+    _child(tracker, "k1")
+    tracker.finish_child("k1", "FINISHED", metrics={"AP": 0.1}, stopped_at=2)
+    entry = tracker.ledger.trials["k1"]
+    assert (entry["status"], entry["stopped_at"]) == ("STOPPED", 2)
+    assert tracker.ledger.finished() == {"k1"}  # not run again
+    run = tracker.client.get_run(entry["run_id"])
+    assert run.info.status == "FINISHED" and run.data.tags["corrtune.stopped_at"] == "2"
+
+
+def test_ledger_keeps_the_storage(tmp_path: Path) -> None:
+    ledger = Ledger(tmp_path / "ledger.json", storage="/shared/ckpt")
+    ledger.save()
+    assert Ledger.load(tmp_path / "ledger.json").storage == "/shared/ckpt"

@@ -1,0 +1,267 @@
+"""What runs inside Ray for one trial: the Tune function trainable and the Ray Train worker.
+
+Kept apart from the driver's modules (MLflow, reports, the progress display) because Ray
+imports this module in every trial actor and every training worker it starts: what it
+imports is start-up time paid per trial and per worker.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from detectors.config import ExperimentConfig, from_dict, to_dict
+from orchestrator.space import PlannedTrial, Space, optuna_name, trial_config, trial_key
+
+
+class TrialResolver:
+    """Turns a Tune trial's config into (planned trial, resolved config), the same way in
+    the driver (callback) and in the trial actor (trainable).
+
+    Static plans (grid, random) send ``plan_index``; TPE sends the sampled parameters under
+    :func:`optuna_name` and a ``sample`` id that keeps two identical draws apart.
+    """
+
+    def __init__(
+        self,
+        space: Space,
+        plan: list[tuple[PlannedTrial, ExperimentConfig]],
+        extra: dict[str, Any],
+    ) -> None:
+        self.space, self.plan, self.extra = space, plan, extra
+
+    def resolve(self, config: dict[str, Any]) -> tuple[PlannedTrial, ExperimentConfig]:
+        if "plan_index" in config:
+            return self.plan[int(config["plan_index"])]
+        overrides = {
+            p.key: config[optuna_name(p.key)]
+            for p in self.space.parameters
+            if optuna_name(p.key) in config
+        }
+        key = trial_key({**overrides, "sample": config.get("sample", "")}, 0)
+        planned = PlannedTrial(key, overrides, 0)
+        return planned, trial_config(self.space, overrides, self.extra)
+
+
+def train_worker(loop_config: dict[str, Any]) -> None:
+    """Runs on every Ray Train worker (one DDP rank)."""
+    started_at = time.time()
+    import ray.train
+    import torch
+
+    from detectors.engine import run_training
+
+    cfg = from_dict(loop_config["config"], "trial config")
+    context = ray.train.get_context()
+    rank = context.get_world_rank()
+    # Set when Ray Train restores this run (same RunConfig name and storage after a driver
+    # crash, or a retry after a worker died): training continues from that iteration.
+    checkpoint = ray.train.get_checkpoint()
+    resume_from = None
+    resumed_at = 0
+    if checkpoint is not None:
+        local = Path(loop_config["work_dir"]) / f"restore-rank{rank}"
+        resume_from = Path(checkpoint.to_directory(str(local))) / "checkpoint.pt"
+        resumed_at = int(torch.load(resume_from, weights_only=False)["iteration"])
+    out_dir = Path(loop_config["work_dir"]) / f"rank{rank}"
+    fault = loop_config.get("fault_at_iteration", 0)  # tests: workers that die once
+    first_report = [True]
+    stop_marker = loop_config.get("stop_marker", "")
+    device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+
+    def report(record: dict[str, Any], checkpoint_path: Path | None) -> None:
+        if stop_marker and _stop_requested(stop_marker, device):
+            raise StopRequested  # Tune stopped the trial: end this run, as if it finished
+        if resume_from is not None:
+            record = record | {"trial/resumed_from": resumed_at}
+        if first_report[0]:  # where the trial's time goes (see TrackingCallback)
+            first_report[0] = False
+            since_entry = time.time() - started_at
+            record = record | {
+                "trial/worker_started_at": started_at,
+                "trial/setup_s": since_entry - float(record.get("train/elapsed_s", 0.0)),
+            }
+        if checkpoint_path is not None and rank == 0:
+            ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_path.parent))
+            ray.train.report(record, checkpoint=ckpt)
+        else:
+            ray.train.report(record)
+        if fault and resume_from is None and record.get("iteration", 0) >= fault:
+            marker = Path(loop_config["work_dir"]) / f"fault-injected-rank{rank}"
+            if not marker.exists():  # die once: a retry that found no checkpoint must finish
+                marker.parent.mkdir(parents=True, exist_ok=True)
+                marker.touch()
+                time.sleep(2.0)  # let the controller register the checkpoint just reported
+                os._exit(1)  # simulate a worker process dying (OOM kill, lost node)
+
+    with contextlib.suppress(StopRequested):  # Tune stopped the trial: a normal end
+        run_training(
+            cfg,
+            out_dir=out_dir,
+            cache_dir=Path(loop_config["cache_dir"]),
+            report=report,
+            resume_from=resume_from,
+            device=device,
+        )
+    if device.type == "cuda":  # hand the memory back before the next trial's workers start
+        torch.cuda.empty_cache()
+
+
+def make_trainable(
+    resolver: TrialResolver,
+    space: Space,
+    storage: str,
+    cache_dir: Path,
+    work_root: Path,
+    inject_worker_fault: dict[str, int] | None = None,
+    env: dict[str, str] | None = None,
+) -> Callable[[dict], None]:
+    resources = space.resources
+
+    def trainable(config: dict[str, Any]) -> None:
+        # Read by TorchTrainer in this process and passed on to its controller and workers;
+        # a value the user exported on the cluster wins.
+        for name, value in (env or {}).items():
+            os.environ.setdefault(name, value)
+        planned, resolved = resolver.resolve(config)
+        key, cfg = planned.key, to_dict(resolved)
+        marker = f"{storage.rstrip('/')}/{key}/{STOP_MARKER}"
+        remove_marker(marker)  # one left by an earlier stop of this trial
+        StopsItsTrainRun.stop_marker = marker
+        from ray.train import FailureConfig, RunConfig, ScalingConfig
+        from ray.train.torch import TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        use_gpu = resources.gpus_per_worker > 0
+        cfg["train"]["use_gpu"] = use_gpu
+        cfg["train"]["num_workers"] = resources.workers
+        worker_res = {"CPU": resources.cpus_per_worker}
+        if use_gpu:
+            worker_res["GPU"] = resources.gpus_per_worker
+        trainer = TorchTrainer(
+            train_worker,
+            train_loop_config={
+                "config": cfg,
+                "cache_dir": str(cache_dir),
+                "work_dir": str(work_root / key),
+                "fault_at_iteration": (inject_worker_fault or {}).get(key, 0),
+                "stop_marker": marker,
+            },
+            scaling_config=ScalingConfig(
+                num_workers=resources.workers, use_gpu=use_gpu, resources_per_worker=worker_res
+            ),
+            # The run's name is the trial key: a resumed sweep restarts an interrupted trial
+            # under the same name and storage, and Ray Train restores its latest checkpoint.
+            run_config=RunConfig(
+                name=key,
+                storage_path=storage,
+                callbacks=[TuneReportCallback()],  # type: ignore[list-item]
+                failure_config=FailureConfig(max_failures=2),
+            ),
+        )
+        trainer.fit()
+
+    trainable.__mixins__ = (StopsItsTrainRun,)  # type: ignore[attr-defined]
+    return trainable
+
+
+# ------------------------------------------------------------------ stopping a trial
+# Tune stops a trial (ASHA, a spent budget, the end of a sweep) by ending its actor. The
+# trial's Ray Train run (controller, workers) would die with it, but not its placement group:
+# that belongs to the job, and Ray Train's cleaner for it needs the state API of the
+# dashboard, which a minimal Ray does not have. The workers' CPUs and GPUs would stay
+# reserved until the sweep ends (and a sweep whose stopped trials reserve every CPU hangs).
+# So the actor first asks the run to end, through a marker file in the run's storage folder
+# that every worker checks before it reports, and waits for it.
+STOP_MARKER = "stop-requested"
+STOP_TIMEOUT_S = 120.0  # for the workers' next report (an evaluation may come first)
+
+
+class StopRequested(Exception):
+    """Raised in a worker's report when its trial was stopped: the run ends normally."""
+
+
+class StopsItsTrainRun:
+    """Mixin of the trial's Tune actor (Tune's ``__mixins__`` hook of function trainables):
+    before Tune ends the actor, end its Ray Train run cleanly."""
+
+    stop_marker = ""  # the running trial's marker (one trial at a time per actor)
+
+    def cleanup(self) -> None:
+        from ray.train._internal.session import get_session  # Tune's function session
+
+        session = get_session()
+        thread = getattr(session, "training_thread", None)
+        if self.stop_marker and thread is not None and thread.is_alive():
+            touch_marker(self.stop_marker)
+            # Tune takes no more results of this trial, so Ray Train's report to Tune would
+            # block on the full queue between them, and the workers with it, short of the
+            # report where they see the marker: take (and drop) the results meanwhile.
+            results = getattr(session, "_inter_actor_queue", None)
+            deadline = time.time() + STOP_TIMEOUT_S
+            while thread.is_alive() and time.time() < deadline:
+                if results is None:
+                    thread.join(timeout=0.5)
+                    continue
+                with contextlib.suppress(Exception):  # ray.util.queue.Empty: none came
+                    results.get(block=True, timeout=0.5)
+        super().cleanup()  # type: ignore[misc]
+
+
+def _stop_requested(marker: str, device: Any) -> bool:
+    """Whether the trial's marker exists, as one decision for all of its DDP workers (one
+    that stopped alone would leave the others waiting in their next all-reduce)."""
+    import torch
+    import torch.distributed as dist
+
+    requested = marker_exists(marker)
+    if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        flag = torch.tensor([int(requested)], device=device)
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        requested = bool(flag.item())
+    return requested
+
+
+def _fs(uri: str) -> tuple[Any, str]:
+    import pyarrow.fs
+
+    return pyarrow.fs.FileSystem.from_uri(uri)  # a local absolute path, or s3://, gs://...
+
+
+def marker_exists(uri: str) -> bool:
+    import pyarrow.fs
+
+    fs, path = _fs(uri)
+    return bool(fs.get_file_info(path).type != pyarrow.fs.FileType.NotFound)
+
+
+def touch_marker(uri: str) -> None:
+    fs, path = _fs(uri)
+    fs.create_dir(path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(path) as out:
+        out.write(b"")
+
+
+def remove_marker(uri: str) -> None:
+    if marker_exists(uri):
+        fs, path = _fs(uri)
+        fs.delete_file(path)
+
+
+def trial_ray_settings(local: bool) -> dict[str, str]:
+    """Ray Train settings for every trial's ``TorchTrainer``: they cut its start-up and
+    tear-down and keep its fault tolerance (measured in results/bench/sweep_overhead.md).
+    """
+    env = {
+        # The controller polls its workers this often (Ray's default: 2 s); a worker's report
+        # waits for the next poll, and so does the end of a trial.
+        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
+        "RAY_TRAIN_METRICS_ENABLED": "0",  # Prometheus metrics: no scraper is configured
+    }
+    if local:  # one machine is never drained: no preemption-watcher actor per trial
+        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+    return env
