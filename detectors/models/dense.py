@@ -63,12 +63,14 @@ def global_mean(value: Tensor) -> Tensor:
 
 
 class DenseDetector(nn.Module):
-    """Shared machinery. Subclasses implement :meth:`head_outputs` and :meth:`match`."""
+    """Shared machinery. Subclasses implement :meth:`head_outputs` and
+    :meth:`regression_loss`; assignment goes through the ``assigner`` slot."""
 
     def __init__(
         self,
         *,
         backbone: nn.Module,
+        assigner: Assigner,
         num_classes: int,
         cls_loss: FocalLoss,
         corr: CorrLossConfig,
@@ -78,6 +80,7 @@ class DenseDetector(nn.Module):
     ) -> None:
         super().__init__()
         self.backbone = backbone
+        self.assigner = assigner
         self.num_classes = num_classes
         self.cls_loss = cls_loss
         self.corr = corr
@@ -92,13 +95,23 @@ class DenseDetector(nn.Module):
     # ----------------------------------------------------------------- subclass contract
     def head_outputs(self, features: list[Tensor], image_size: tuple[int, int]) -> dict[str, Any]:
         """Run the head: must return ``cls_logits`` [B, N, C], ``pred_boxes`` [B, N, 4]
-        (decoded, xyxy) and ``num_per_level`` (list[int], sums to N); may add more."""
+        (decoded, xyxy), ``anchors`` [N, 4] (the boxes or cells the assigner labels) and
+        ``num_per_level`` (list[int], sums to N); may add more."""
         raise NotImplementedError
 
     def match(self, outputs: dict[str, Any], targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
         """Assign targets: ``labels`` [B, N] (1 pos, 0 neg, -1 ignored), ``matched_gt``
-        [B, N] (index into each image's ``boxes``; -1 where none), ``num_recalled`` (0-dim)."""
-        raise NotImplementedError
+        [B, N] (index into each image's ``boxes``; -1 where none), ``num_recalled`` (0-dim).
+        The assigner slot decides; it sees the predictions only if it asks for them."""
+        return assign_batch(
+            self.assigner,
+            outputs["anchors"],
+            targets,
+            outputs["cls_logits"],
+            iteration=self.iteration,
+            num_per_level=outputs["num_per_level"],
+            pred_boxes=outputs["pred_boxes"],
+        )
 
     def regression_loss(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         """Sum over positives of the box loss (a 0-dim tensor)."""

@@ -17,14 +17,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from detectors import box_ops
-from detectors.assigners import Assigner
 from detectors.losses.regression import REGRESSION_LOSSES
 from detectors.models.anchors import AnchorGenerator
 from detectors.models.dense import (
     DenseDetector,
     Positives,
     Targets,
-    assign_batch,
     global_mean,
 )
 from detectors.models.retinanet import _tower
@@ -97,7 +95,6 @@ class FCOS(DenseDetector):
         *,
         head: PointHead,
         anchor_generator: AnchorGenerator,
-        assigner: Assigner,
         reg_loss: str,
         reg_weight: float,
         **base: Any,
@@ -105,7 +102,6 @@ class FCOS(DenseDetector):
         super().__init__(**base)
         self.head = head
         self.anchor_generator = anchor_generator  # stride-sized cells (or ATSS's anchors)
-        self.assigner = assigner
         self.reg_loss = REGRESSION_LOSSES[reg_loss]
         self.reg_weight = reg_weight
 
@@ -125,16 +121,6 @@ class FCOS(DenseDetector):
             "anchors": cells,
             "num_per_level": num_per_level,
         }
-
-    def match(self, outputs: dict[str, Any], targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
-        return assign_batch(
-            self.assigner,
-            outputs["anchors"],
-            targets,
-            outputs["cls_logits"],
-            iteration=self.iteration,
-            num_per_level=outputs["num_per_level"],
-        )
 
     def box_loss(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         """Per positive: the regression loss on stride-normalized side distances [P]."""

@@ -10,8 +10,8 @@ post-processing:
   score voting: each detection's box becomes the mean of the same-class candidates
   overlapping it, weighted by ``exp(−(1 − IoU)² / σ) · score``.
 
-Only matching (predictions reach the assigner), the box loss and the detection boxes differ
-from :class:`~detectors.models.atss.ATSS`.
+Only the box loss and the detection boxes differ from :class:`~detectors.models.atss.ATSS`;
+the shared matching hands the predictions to assigners that ask for them (PAA's does).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from torch import Tensor
 
 from detectors import box_ops
 from detectors.models.atss import ATSS
-from detectors.models.dense import Positives, Targets, assign_batch, global_mean
+from detectors.models.dense import Positives, Targets, global_mean
 
 VOTING_SIGMA = 0.025  # σ of the score-voting weight (the reference's value)
 VOTING_MIN_IOU = 0.01  # candidates must overlap the detection by more than this to vote
@@ -57,17 +57,6 @@ class PAA(ATSS):
         super().__init__(**atss)
         self.score_voting = score_voting
         self.iou_weight = iou_weight
-
-    def match(self, outputs: dict[str, Any], targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
-        return assign_batch(
-            self.assigner,
-            outputs["anchors"],
-            targets,
-            outputs["cls_logits"],
-            iteration=self.iteration,
-            num_per_level=outputs["num_per_level"],
-            pred_boxes=outputs["pred_boxes"],
-        )
 
     def regression_loss(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         iou_logits: Tensor | None = outputs["centerness"]  # [B, N]: the IoU branch, or None

@@ -14,10 +14,9 @@ import torch
 from torch import Tensor, nn
 
 from detectors import box_ops
-from detectors.assigners import Assigner
 from detectors.losses.regression import REGRESSION_LOSSES
 from detectors.models.anchors import AnchorGenerator
-from detectors.models.dense import DenseDetector, Positives, Targets, assign_batch
+from detectors.models.dense import DenseDetector, Positives
 
 
 def _tower(channels: int, num_convs: int, norm: str) -> nn.Sequential:
@@ -77,7 +76,6 @@ class RetinaNet(DenseDetector):
         *,
         head: RetinaNetHead,
         anchor_generator: AnchorGenerator,
-        assigner: Assigner,
         reg_loss: str,
         reg_weight: float,
         **base: Any,
@@ -85,7 +83,6 @@ class RetinaNet(DenseDetector):
         super().__init__(**base)
         self.head = head
         self.anchor_generator = anchor_generator
-        self.assigner = assigner
         self.reg_loss = REGRESSION_LOSSES[reg_loss]
         self.reg_weight = reg_weight
 
@@ -104,16 +101,6 @@ class RetinaNet(DenseDetector):
             "anchors": anchors,
             "num_per_level": num_per_level,
         }
-
-    def match(self, outputs: dict[str, Any], targets: Targets) -> tuple[Tensor, Tensor, Tensor]:
-        return assign_batch(
-            self.assigner,
-            outputs["anchors"],
-            targets,
-            outputs["cls_logits"],
-            iteration=self.iteration,
-            num_per_level=outputs["num_per_level"],
-        )
 
     def regression_loss(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         if len(pos.gt_boxes) == 0:
