@@ -9,12 +9,12 @@ with or without ``torch.distributed`` initialized (DDP when the world is larger 
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import random
 import time
-from collections.abc import Iterator, Sequence
+import typing
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,7 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from torch.utils.data import DataLoader
 
-from detectors import box_ops
+from detectors import box_ops, jsonio
 from detectors.config import ExperimentConfig, TrainConfig, to_dict
 from detectors.data import VOCDataset, build_dataset, make_loader, set_epoch
 from detectors.metrics import evaluate_detections, voc_map
@@ -33,7 +33,8 @@ from detectors.models import build_detector
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+    """The loss became NaN or infinite. Training stops; the checkpoint written before it
+    (if any: ``run_training``'s message says where) is the last good state."""
 
 
 # ------------------------------------------------------------------------------ helpers
@@ -143,19 +144,38 @@ def evaluate(
 class StepOutput:
     losses: dict[str, float]
     stats: dict[str, float]
+    seconds: float = 0.0  # wall time of the step: its batch, forward, backward, update
+
+
+@dataclass
+class StepRecord:
+    """What the hooks of one step put together: the metrics to report (nothing is reported
+    when they stay empty) and the checkpoint written with them."""
+
+    metrics: dict[str, Any] = field(default_factory=dict)
+    checkpoint: Path | None = None
 
 
 class Hook:
-    """Called around training, in this order: ``before_train``, then per iteration
-    ``after_step``, then ``after_train``. ``trainer.iteration`` counts finished steps."""
+    """Called around training, in this order: ``before_train``; per iteration
+    ``after_step`` (``trainer.iteration`` counts finished steps; hooks run in their list
+    order and add to the step's ``record``); ``after_train``, also when training stops on
+    an error. ``state_dict``/``load_state_dict`` carry a hook's counters through a
+    checkpoint, so a resumed run goes on counting (times, windows) where it stopped."""
 
     def before_train(self, trainer: Trainer) -> None:
         pass
 
-    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
         pass
 
     def after_train(self, trainer: Trainer) -> None:
+        pass
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
 
 
@@ -168,7 +188,6 @@ class Trainer:
     device: torch.device
     hooks: Sequence[Hook] = ()
     iteration: int = 0
-    history: dict[str, list[float]] = field(default_factory=dict)
     # fp16 needs loss scaling (its gradients underflow); a no-op for bf16, fp32 and CPUs.
     scaler: torch.amp.GradScaler = field(init=False)
 
@@ -181,6 +200,10 @@ class Trainer:
         """The detector itself (unwrapped from DDP): what checkpoints hold."""
         net = self.model
         return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+
+    @property
+    def last_step(self) -> bool:
+        return self.iteration >= self.cfg.iterations
 
     def run_step(self, batch: Any) -> StepOutput:
         images, targets = batch
@@ -225,21 +248,35 @@ class Trainer:
     def train(self) -> None:
         for hook in self.hooks:
             hook.before_train(self)
-        batches = infinite(self.loader, start_iteration=self.iteration)
-        while self.iteration < self.cfg.iterations:
-            out = self.run_step(next(batches))
+        try:
+            batches = infinite(self.loader, start_iteration=self.iteration)
+            while not self.last_step:
+                started = time.perf_counter()
+                out = self.run_step(next(batches))
+                out.seconds = time.perf_counter() - started
+                record = StepRecord()
+                for hook in self.hooks:
+                    hook.after_step(self, out, record)
+        finally:
             for hook in self.hooks:
-                hook.after_step(self, out)
-        for hook in self.hooks:
-            hook.after_train(self)
+                hook.after_train(self)
+
+    def hook_states(self) -> dict[str, dict[str, Any]]:
+        return {type(h).__name__: h.state_dict() for h in self.hooks}
 
 
 _AMP = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+def save_checkpoint(
+    path: Path, trainer: Trainer, cfg: ExperimentConfig, record: dict[str, Any] | None = None
+) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint.
+
+    ``record``: the metrics reported with the run's last checkpoint. A run resumed from it
+    has nothing left to train and reports them again (its first report of them may never
+    have arrived: an orchestrator interrupted while the run was ending)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": trainer.detector.state_dict(),
@@ -247,6 +284,8 @@ def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None
         "scaler": trainer.scaler.state_dict(),
         "iteration": trainer.iteration,
         "config": to_dict(cfg),
+        "hooks": trainer.hook_states(),
+        "record": record,
         "rng": {
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -258,84 +297,159 @@ def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None
     os.replace(tmp, path)
 
 
-def load_checkpoint(path: Path, trainer: Trainer) -> None:
+def load_checkpoint(path: Path, trainer: Trainer) -> dict[str, Any]:
+    """Restore ``trainer`` (weights, optimizer, iteration, hooks, random state) from
+    ``path``; returns the checkpoint's contents."""
     state = torch.load(path, map_location=trainer.device, weights_only=False)
     trainer.detector.load_state_dict(state["model"])
     trainer.optimizer.load_state_dict(state["optimizer"])
-    if state.get("scaler"):  # fp16 runs; absent from checkpoints of older versions
+    if state.get("scaler"):  # fp16 runs
         trainer.scaler.load_state_dict(state["scaler"])
     trainer.iteration = int(state["iteration"])
+    for hook in trainer.hooks:
+        hook.load_state_dict(state.get("hooks", {}).get(type(hook).__name__, {}))
     torch.set_rng_state(state["rng"]["torch"].cpu())
     np.random.set_state(state["rng"]["numpy"])
     random.setstate(state["rng"]["python"])
+    return typing.cast(dict[str, Any], state)
 
 
 # ------------------------------------------------------------------------- standard hooks
-class PeriodicHook(Hook):
-    """Logs averaged training metrics, evaluates and checkpoints on their schedules, and
-    hands every record to ``report(record, checkpoint_path_or_None)``."""
+# run_training's hooks, in the order they run after each step: training metrics, then the
+# evaluation, then the clock (iteration, progress, times), then the checkpoint (which holds
+# the finished record on the last step), then the report.
+class TrainMetrics(Hook):
+    """Every ``log_every`` iterations (and at the end): the mean of each loss and statistic
+    over the window, seconds per step and images per second (of the steps alone: an
+    evaluation or a checkpoint in between is not training time), and the learning rate."""
 
-    def __init__(
-        self, *, cfg: ExperimentConfig, evaluate_fn: Any, checkpoint_dir: Path | None, report: Any
-    ) -> None:
-        self.cfg = cfg
-        self.evaluate_fn = evaluate_fn
-        self.checkpoint_dir = checkpoint_dir
-        self.report = report
+    def __init__(self, *, log_every: int, batch_size: int) -> None:
+        self.log_every, self.batch_size = log_every, batch_size
         self.window: dict[str, list[float]] = {}
-        self.t_start = self.t_window = 0.0
-        self.steps_in_window = 0
-        self.eval_s = 0.0  # seconds spent evaluating, so far
-        self.final: dict[str, float] = {}
+        self.window_s = 0.0
+        self.window_steps = 0
 
-    def before_train(self, trainer: Trainer) -> None:
-        self.t_start = self.t_window = time.perf_counter()
-        if trainer.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(trainer.device)
-
-    def after_step(self, trainer: Trainer, out: StepOutput) -> None:
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
         for key, value in (out.losses | out.stats).items():
             if not math.isnan(value):
                 self.window.setdefault(key, []).append(value)
-        self.steps_in_window += 1
-        it, cfg = trainer.iteration, self.cfg.train
-        last = it >= cfg.iterations
-        record: dict[str, Any] = {}
-        if it % cfg.log_every == 0 or last:
-            elapsed = time.perf_counter() - self.t_window
-            record |= {f"train/{k}": float(np.mean(v)) for k, v in self.window.items()}
-            record["train/sec_per_iter"] = elapsed / max(self.steps_in_window, 1)
-            record["train/images_per_sec"] = (
-                self.steps_in_window * cfg.batch_size / max(elapsed, 1e-9)
-            )
-            record["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
-            self.window, self.steps_in_window = {}, 0
-            self.t_window = time.perf_counter()
-        t_pause = time.perf_counter()  # evaluation and checkpoints are not training time
-        if (cfg.eval_every and it % cfg.eval_every == 0) or last:
-            t_eval = time.perf_counter()
-            record |= {f"val/{k}": v for k, v in self.evaluate_fn(trainer).items()}
-            self.eval_s += time.perf_counter() - t_eval
-            record["train/eval_time_s"] = self.eval_s
-        checkpoint = None
-        if self.checkpoint_dir is not None and (
-            (cfg.checkpoint_every and it % cfg.checkpoint_every == 0) or last
-        ):
-            checkpoint = self.checkpoint_dir / "checkpoint.pt"
-            if world()[0] == 0:
-                save_checkpoint(checkpoint, trainer, self.cfg)
-        if record:
-            record["iteration"] = it
-            record["progress"] = it / cfg.iterations
-            record["train/elapsed_s"] = time.perf_counter() - self.t_start
-            if trainer.device.type == "cuda":
-                record["train/peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
-            if last:
-                self.final = {k[4:]: v for k, v in record.items() if k.startswith("val/")}
-                self.final["train_time_s"] = record["train/elapsed_s"]  # evaluations included
-                self.final["eval_time_s"] = self.eval_s
-            self.report(record, checkpoint)
-        self.t_window += time.perf_counter() - t_pause
+        self.window_s += out.seconds
+        self.window_steps += 1
+        if trainer.iteration % self.log_every and not trainer.last_step:
+            return
+        steps = max(self.window_steps, 1)
+        record.metrics |= {f"train/{k}": float(np.mean(v)) for k, v in self.window.items()}
+        record.metrics["train/sec_per_iter"] = self.window_s / steps
+        record.metrics["train/images_per_sec"] = steps * self.batch_size / max(self.window_s, 1e-9)
+        record.metrics["train/lr"] = trainer.optimizer.param_groups[0]["lr"]
+        self.window, self.window_s, self.window_steps = {}, 0.0, 0
+
+
+class Evaluation(Hook):
+    """Every ``eval_every`` iterations (0: never) and at the end: ``val/<metric>`` for each
+    metric of ``evaluate_fn(trainer)``, and the seconds spent evaluating so far."""
+
+    def __init__(self, *, evaluate_fn: Any, eval_every: int) -> None:
+        self.evaluate_fn, self.eval_every = evaluate_fn, eval_every
+        self.eval_s = 0.0
+
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
+        due = self.eval_every and trainer.iteration % self.eval_every == 0
+        if not (due or trainer.last_step):
+            return
+        started = time.perf_counter()
+        record.metrics |= {f"val/{k}": v for k, v in self.evaluate_fn(trainer).items()}
+        self.eval_s += time.perf_counter() - started
+        record.metrics["train/eval_time_s"] = self.eval_s
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"eval_s": self.eval_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.eval_s = float(state.get("eval_s", 0.0))
+
+
+class Clock(Hook):
+    """Stamps every record with its iteration, progress and the training time so far
+    (``train/elapsed_s``: evaluations and checkpoints included, summed over resumes)."""
+
+    def __init__(self) -> None:
+        self.before_s = 0.0  # training time of earlier runs this one resumed
+        self.started = 0.0
+
+    def before_train(self, trainer: Trainer) -> None:
+        self.started = time.perf_counter()
+        if trainer.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(trainer.device)
+
+    @property
+    def elapsed_s(self) -> float:
+        return self.before_s + (time.perf_counter() - self.started if self.started else 0.0)
+
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
+        if not record.metrics:
+            return
+        record.metrics["iteration"] = trainer.iteration
+        record.metrics["progress"] = trainer.iteration / trainer.cfg.iterations
+        record.metrics["train/elapsed_s"] = self.elapsed_s
+        if trainer.device.type == "cuda":
+            record.metrics["train/peak_mem_mb"] = torch.cuda.max_memory_allocated() / 2**20
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"elapsed_s": self.elapsed_s}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.before_s = float(state.get("elapsed_s", 0.0))
+
+
+class Checkpointing(Hook):
+    """Every ``every`` iterations (0: only at the end) writes ``directory/checkpoint.pt``
+    (rank 0 writes; every rank's record names it) with the step's finished record."""
+
+    def __init__(self, *, directory: Path, every: int, cfg: ExperimentConfig) -> None:
+        self.directory, self.every, self.cfg = directory, every, cfg
+        self.saved_at: int | None = None  # iteration of the latest checkpoint written
+
+    @property
+    def path(self) -> Path:
+        return self.directory / "checkpoint.pt"
+
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
+        due = self.every and trainer.iteration % self.every == 0
+        if not (due or trainer.last_step):
+            return
+        if world()[0] == 0:
+            final = dict(record.metrics) if trainer.last_step else None
+            save_checkpoint(self.path, trainer, self.cfg, record=final)
+        self.saved_at = trainer.iteration
+        record.checkpoint = self.path
+
+    def describe(self) -> str:
+        """Where the latest good checkpoint is, for a message about a failed run."""
+        if self.saved_at is None:
+            why = "" if self.every else " (train.checkpoint_every is 0: only the end writes one)"
+            return f"no checkpoint was written before it{why}"
+        return f"the last good checkpoint is {self.path} (iteration {self.saved_at})"
+
+
+class Reporting(Hook):
+    """Hands every non-empty record to ``report(metrics, checkpoint_or_None)`` and keeps
+    the final metrics (``val/`` stripped, with the training and evaluation seconds)."""
+
+    def __init__(self, report: Any) -> None:
+        self.report = report
+        self.final: dict[str, float] = {}
+
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
+        if record.metrics:
+            self.emit(record.metrics, record.checkpoint, last=trainer.last_step)
+
+    def emit(self, metrics: dict[str, Any], checkpoint: Path | None, *, last: bool) -> None:
+        if last:
+            self.final = {k[4:]: v for k, v in metrics.items() if k.startswith("val/")}
+            self.final["train_time_s"] = metrics["train/elapsed_s"]  # evaluations included
+            self.final["eval_time_s"] = metrics.get("train/eval_time_s", 0.0)
+        self.report(metrics, checkpoint)
 
 
 # ---------------------------------------------------------------------------- composition
@@ -365,11 +479,13 @@ def run_training(
     report: Any = None,
     resume_from: Path | None = None,
     device: torch.device | None = None,
+    on_ready: Callable[[], None] | None = None,
 ) -> dict[str, float]:
     """Train ``cfg`` and evaluate it; returns the final metrics (rank 0's view).
 
     ``report(record, checkpoint)`` receives each logged record (metrics dict, and the path
     of a checkpoint written with it, or None). ``resume_from`` continues a checkpoint.
+    ``on_ready()`` is called once data, model and optimizer are built, before training.
     """
     rank, world_size = world()
     if cfg.train.num_threads:
@@ -418,24 +534,35 @@ def run_training(
             return {}
         return evaluate(trainer.model, val_loader, val_set, device)
 
-    periodic = PeriodicHook(
-        cfg=cfg,
-        evaluate_fn=evaluate_fn,
-        checkpoint_dir=out_dir,
-        report=report or (lambda record, ckpt: None),
-    )
+    checkpointing = Checkpointing(directory=out_dir, every=cfg.train.checkpoint_every, cfg=cfg)
+    reporting = Reporting(report or (lambda record, ckpt: None))
     trainer = Trainer(
         model=model,
         optimizer=optimizer,
         loader=train_loader,
         cfg=cfg.train,
         device=device,
-        hooks=[periodic],
+        hooks=[
+            TrainMetrics(log_every=cfg.train.log_every, batch_size=cfg.train.batch_size),
+            Evaluation(evaluate_fn=evaluate_fn, eval_every=cfg.train.eval_every),
+            Clock(),
+            checkpointing,
+            reporting,
+        ],
     )
     if resume_from is not None:
-        load_checkpoint(resume_from, trainer)
-    trainer.train()
-    final = periodic.final | {"data_problems": float(sum(train_set.problems.values()))}
+        saved = load_checkpoint(resume_from, trainer)
+        if trainer.last_step and saved.get("record"):
+            # The run had ended: nothing to train. Its last report may never have arrived
+            # (the orchestrator was interrupted while it ended), so it is made again.
+            reporting.emit(saved["record"], resume_from, last=True)
+    if on_ready is not None:
+        on_ready()
+    try:
+        trainer.train()
+    except NonFiniteLossError as exc:
+        raise NonFiniteLossError(f"{exc}; {checkpointing.describe()}") from None
+    final = reporting.final | {"data_problems": float(sum(train_set.problems.values()))}
     if rank == 0:
-        (out_dir / "metrics.json").write_text(json.dumps(final, indent=2, sort_keys=True))
+        (out_dir / "metrics.json").write_text(jsonio.dumps(final, indent=2, sort_keys=True))
     return final

@@ -18,6 +18,7 @@ from detectors import engine
 from detectors.config import ExperimentConfig, load_config
 from detectors.data import build_dataset
 from detectors.engine import NonFiniteLossError, Trainer, load_checkpoint, run_training
+from detectors.jsonio import finite_or_none
 
 # Schedules independent of the run length (no warm-up, no steps), one loss per record.
 STEADY = {"train.warmup_iters": 0, "train.lr_steps": [], "train.log_every": 1}
@@ -98,11 +99,27 @@ def test_non_finite_loss_raises_and_keeps_the_last_good_checkpoint(
 
     monkeypatch.setattr(Trainer, "run_step", poisoned)
     cfg = smoke(**{"train.iterations": 4, "train.checkpoint_every": 2})
-    with pytest.raises(NonFiniteLossError, match="iteration 3"):
+    with pytest.raises(NonFiniteLossError, match="iteration 3") as raised:
         run_training(cfg, out_dir=tmp_path, cache_dir=cache)
+    assert "last good checkpoint" in str(raised.value) and "(iteration 2)" in str(raised.value)
     state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
     assert state["iteration"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+
+
+def test_non_finite_loss_without_a_checkpoint_says_so(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    original = Trainer.run_step
+
+    def poisoned(self: Trainer, batch: Any) -> Any:
+        images, targets = batch
+        return original(self, (images * float("nan"), targets))
+
+    monkeypatch.setattr(Trainer, "run_step", poisoned)
+    with pytest.raises(NonFiniteLossError, match="no checkpoint was written before it"):
+        run_training(smoke(**{"train.iterations": 4}), out_dir=tmp_path, cache_dir=cache)
+    assert not (tmp_path / "checkpoint.pt").exists()
 
 
 # ------------------------------------------------------------------------------------ DDP
@@ -197,32 +214,122 @@ def test_sync_batchnorm_replaces_batchnorm_only() -> None:
     assert "SyncBatchNorm" in after and "GroupNorm" in after  # heads keep GroupNorm
 
 
+def _drive(hooks: list[engine.Hook], iterations: int, step_s: float = 0.0) -> Any:
+    """Run ``hooks`` over ``iterations`` fake steps of ``step_s`` seconds (no model)."""
+    from types import SimpleNamespace
+
+    cfg = smoke(**{"train.iterations": iterations}).train
+    trainer = SimpleNamespace(
+        iteration=0,
+        cfg=cfg,
+        device=torch.device("cpu"),
+        optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}]),
+        last_step=False,
+    )
+    for hook in hooks:
+        hook.before_train(trainer)  # type: ignore[arg-type]
+    for it in range(1, iterations + 1):
+        trainer.iteration, trainer.last_step = it, it >= iterations
+        out = engine.StepOutput({"loss": float(it)}, {}, seconds=step_s)
+        record = engine.StepRecord()
+        for hook in hooks:
+            hook.after_step(trainer, out, record)  # type: ignore[arg-type]
+    return trainer
+
+
 def test_evaluation_time_is_not_training_time() -> None:
     """An evaluation that takes 0.3 s must not show up in the next window's seconds/step."""
     import time
-    from types import SimpleNamespace
 
-    cfg = smoke(**{"train.iterations": 4, "train.log_every": 2, "train.eval_every": 2})
     records: list[dict[str, Any]] = []
 
     def slow_eval(trainer: Any) -> dict[str, float]:
         time.sleep(0.3)
         return {"AP": 0.0}
 
-    hook = engine.PeriodicHook(
-        cfg=cfg, evaluate_fn=slow_eval, checkpoint_dir=None, report=lambda r, c: records.append(r)
-    )
-    trainer = SimpleNamespace(
-        iteration=0,
-        device=torch.device("cpu"),
-        optimizer=SimpleNamespace(param_groups=[{"lr": 0.1}]),
-    )
-    hook.before_train(trainer)  # type: ignore[arg-type]
-    out = engine.StepOutput({"loss": 1.0}, {})
-    for it in range(1, 5):
-        trainer.iteration = it
-        hook.after_step(trainer, out)  # type: ignore[arg-type]
+    reporting = engine.Reporting(lambda r, c: records.append(r))
+    hooks = [
+        engine.TrainMetrics(log_every=2, batch_size=4),
+        engine.Evaluation(evaluate_fn=slow_eval, eval_every=2),
+        engine.Clock(),
+        reporting,
+    ]
+    _drive(hooks, 4, step_s=0.01)
     assert [r["iteration"] for r in records] == [2, 4]
-    assert records[1]["train/sec_per_iter"] < 0.1  # steps here take microseconds
+    assert records[1]["train/sec_per_iter"] == pytest.approx(0.01)  # the steps' own time
+    assert records[1]["train/loss"] == pytest.approx(3.5)  # mean of the window's 3 and 4
     assert records[1]["train/eval_time_s"] >= 0.6  # both evaluations counted
-    assert hook.final["eval_time_s"] >= 0.6 and hook.final["AP"] == 0.0
+    assert records[1]["train/elapsed_s"] >= 0.6  # training time includes evaluations
+    assert reporting.final["eval_time_s"] >= 0.6 and reporting.final["AP"] == 0.0
+
+
+def test_hook_times_survive_a_resume() -> None:
+    """Elapsed and evaluation seconds go on from a checkpoint's counters, not from 0."""
+    evaluation, clock = engine.Evaluation(evaluate_fn=lambda t: {}, eval_every=0), engine.Clock()
+    evaluation.load_state_dict({"eval_s": 12.5})
+    clock.load_state_dict({"elapsed_s": 100.0})
+    records: list[dict[str, Any]] = []
+    _drive([evaluation, clock, engine.Reporting(lambda r, c: records.append(r))], 1)
+    assert records[-1]["train/eval_time_s"] >= 12.5
+    assert 100.0 <= records[-1]["train/elapsed_s"] < 110.0
+    assert clock.state_dict()["elapsed_s"] >= 100.0
+
+
+def test_after_train_runs_when_training_fails(tmp_path: Path, cache: Path) -> None:
+    calls: list[str] = []
+
+    class Probe(engine.Hook):
+        def after_step(self, trainer: Any, out: Any, record: Any) -> None:
+            raise RuntimeError("boom")
+
+        def after_train(self, trainer: Any) -> None:
+            calls.append("after_train")
+
+    cfg = smoke(**{"train.iterations": 2})
+    model = engine.build_detector(cfg, num_classes=5)
+    train_set, _ = engine.build_datasets(cfg, cache)
+    loader = engine.make_loader(train_set, 2, shuffle=True, seed=0)
+    trainer = Trainer(
+        model=model,
+        optimizer=engine.build_optimizer(model, cfg.train),
+        loader=loader,
+        cfg=cfg.train,
+        device=torch.device("cpu"),
+        hooks=[Probe()],
+    )
+    with pytest.raises(RuntimeError, match="boom"):
+        trainer.train()
+    assert calls == ["after_train"]
+
+
+def test_a_finished_run_resumed_reports_its_last_record_again(tmp_path: Path, cache: Path) -> None:
+    """A run resumed from its final checkpoint trains nothing and repeats its final report
+    (the one an interrupted orchestrator may never have received)."""
+    cfg = smoke(**{"train.iterations": 2})
+    first: list[tuple[dict[str, Any], Any]] = []
+    run_training(
+        cfg, out_dir=tmp_path / "a", cache_dir=cache, report=lambda r, c: first.append((r, c))
+    )
+    again: list[tuple[dict[str, Any], Any]] = []
+    final = run_training(
+        cfg,
+        out_dir=tmp_path / "b",
+        cache_dir=cache,
+        report=lambda r, c: again.append((r, c)),
+        resume_from=tmp_path / "a" / "checkpoint.pt",
+    )
+    assert len(again) == 1  # no training step, one report
+    record, checkpoint = again[0]
+    # The very metrics of the last report, val/AP included (NaN as None: NaN != NaN).
+    assert finite_or_none(record) == finite_or_none(first[-1][0])
+    assert "val/AP" in record and checkpoint == tmp_path / "a" / "checkpoint.pt"
+    assert final["AP"] == record["val/AP"]
+
+
+def test_metrics_json_is_strict_json(tmp_path: Path, cache: Path) -> None:
+    import json
+
+    run_training(smoke(**{"train.iterations": 1}), out_dir=tmp_path, cache_dir=cache)
+    text = (tmp_path / "metrics.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
