@@ -10,8 +10,10 @@ problem in one line.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import types
 import typing
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -299,9 +301,7 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            close = [n for n in names if n.startswith(str(key)[:3])]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(source, dotted, f"unknown key{hint}")
+            raise ConfigError(source, dotted, f"unknown key{did_you_mean(str(key), names)}")
         kwargs[key] = _coerce(value, hints[key], source, dotted)
     return cls(**kwargs)
 
@@ -342,6 +342,13 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """`` (did you mean 'x'?)`` naming the closest of ``choices`` (difflib's ratio, the same
+    answer on every run), or "" when none is close."""
+    close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
 def known_keys() -> set[str]:
     """Every dotted key an override or a search space may name."""
     return set(flatten(ExperimentConfig()))
@@ -367,9 +374,7 @@ def apply_overrides(
     keys = known_keys()
     for dotted, value in overrides.items():
         if dotted not in keys:
-            close = sorted(k for k in keys if k.rsplit(".", 1)[-1] == dotted.rsplit(".", 1)[-1])
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ConfigError(source, dotted, f"unknown key{hint}")
+            raise ConfigError(source, dotted, f"unknown key{did_you_mean(dotted, keys)}")
         node = out
         *parents, leaf = dotted.split(".")
         for part in parents:

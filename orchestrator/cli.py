@@ -114,7 +114,9 @@ def sweep(
     address: Annotated[
         str | None,
         typer.Option(
-            "--address", envvar="RAY_ADDRESS", help="Ray cluster to join (default: local Ray)."
+            "--address",
+            envvar="RAY_ADDRESS",
+            help="Ray cluster to join (default, or `local`: an embedded Ray of its own).",
         ),
     ] = None,
     storage: Annotated[
@@ -124,17 +126,30 @@ def sweep(
         ),
     ] = None,
     tracking_uri: TrackingOpt = None,
+    repeats: Annotated[
+        int | None,
+        typer.Option(
+            "--repeats",
+            help="Seeds per configuration (replaces the space's `repeats`; with --resume it "
+            "may grow: only the new seeds run).",
+        ),
+    ] = None,
     max_concurrent: Annotated[
         int, typer.Option(help="Trials at once (0: from space/resources).")
     ] = 0,
     verbose: VerboseOpt = False,
 ) -> None:
     """Run a search space: one MLflow parent run, one child run per trial."""
-    from orchestrator.sweep import SweepOptions, plan_and_estimate, run_sweep
+    from orchestrator.options import SweepOptions
+    from orchestrator.plan import plan_and_estimate
+    from orchestrator.processes import terminate_as_interrupt
+    from orchestrator.ray_runtime import is_local
+    from orchestrator.sweep import run_sweep
 
     opts = SweepOptions(
         preset=preset,
         overrides=_overrides(set_),
+        repeats=repeats,
         resume=resume,
         address=address,
         storage=storage,
@@ -145,9 +160,20 @@ def sweep(
 
     def go() -> None:
         if dry_run:
-            _progress(plan_and_estimate(space, opts, measure=measure))
+            text = plan_and_estimate(
+                space,
+                preset=preset,
+                overrides=opts.overrides,
+                workdir=Path.cwd(),
+                local=is_local(address) or address == "local",
+                max_concurrent=max_concurrent,
+                repeats=repeats,
+                measure=measure,
+            )
+            _progress(text)
             return
-        result = run_sweep(space, opts, printer=_progress, console=_live_console(verbose))
+        with terminate_as_interrupt():  # a SIGTERM stops the sweep as Ctrl-C does
+            result = run_sweep(space, opts, printer=_progress, console=_live_console(verbose))
         if result.status == "KILLED":  # interrupted (Ctrl-C); it printed how to resume
             raise typer.Exit(130)
         if result.status not in ("FINISHED", "STOPPED"):  # STOPPED: the budget was spent
@@ -236,8 +262,7 @@ def ui(
     tracking_uri: TrackingOpt = None,
 ) -> None:
     """Open the MLflow UI on 127.0.0.1 against the same store the sweeps write."""
-    import subprocess
-
+    from orchestrator.processes import serve
     from orchestrator.tracking import tracking_uri as resolve
 
     uri = resolve(tracking_uri)
@@ -256,7 +281,8 @@ def ui(
         "--workers",
         "1",  # one user on 127.0.0.1; four workers cost seconds of start-up and memory
     ]
-    raise typer.Exit(subprocess.call(cmd))
+    # The server and every worker it starts end with this command (Ctrl-C or SIGTERM).
+    raise typer.Exit(serve(cmd))
 
 
 @data_app.command("make")

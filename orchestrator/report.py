@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from detectors.config import ExperimentConfig
-from orchestrator.space import PlannedTrial, Space, short_name
-from orchestrator.tracking import Ledger
+from detectors.config import ConfigError, ExperimentConfig
+from orchestrator.ledger import Ledger, ledger_path
+from orchestrator.plan import plan_sweep
+from orchestrator.space import PlannedTrial, Space, load_space, short_name
 
 # Final metrics shown in the tables, and whether lower is better for each.
 TABLE_METRICS = ("AP", "AP50", "AP75", "beta_img", "beta_cls", "oLRP")
@@ -442,21 +443,23 @@ def report_sweep(space_or_name: str | Path, *, preset: str | None, workdir: Path
     """``corrtune report``: rebuild ``results/<name>/`` for a sweep that ran in ``workdir``.
 
     ``space_or_name`` is the space's YAML, or the name of a space in ``search_spaces/``.
+    The preset, ``--set`` values and seeds per configuration are the sweep's own (its
+    ledger's) unless ``preset`` says otherwise.
     """
-    from detectors.config import ConfigError
-    from orchestrator.space import load_space
-    from orchestrator.sweep import SweepOptions, plan_sweep
-
     path = Path(space_or_name)
     if not path.exists() and not path.suffix:
         shipped = Path(__file__).resolve().parents[1] / "search_spaces" / f"{path}.yaml"
         path = shipped if shipped.exists() else path
     if not path.exists():
         raise ConfigError(str(space_or_name), "", "no such search-space file or shipped space")
-    space = load_space(path, preset=preset)
-    ledger_path = workdir / ".corrtune" / "sweeps" / space.name / "ledger.json"
-    if not ledger_path.exists():
-        raise ConfigError(str(path), "name", f"no sweep named {space.name!r} ran in {workdir}")
-    ledger = Ledger.load(ledger_path)
-    plan = plan_sweep(space, SweepOptions(preset=preset))
+    name = load_space(path).name
+    found = ledger_path(workdir, name)
+    if not found.exists():
+        raise ConfigError(str(path), "name", f"no sweep named {name!r} ran in {workdir}")
+    ledger = Ledger.load(found)
+    recorded = ledger.invocation
+    space = load_space(
+        path, preset=preset or recorded.get("preset"), repeats=ledger.repeats or None
+    )
+    plan = plan_sweep(space, dict(recorded.get("overrides") or {}))
     return write_report(space, ledger, workdir / "results", plan=plan)

@@ -11,12 +11,16 @@ parameters (dotted config keys), repeats (independent seeds), resources and limi
     parameters:
       loss.corr.weight: {values: [0.0, 0.1, 0.2]}
       loss.corr.kind: {values: [concordance, spearman], when: {loss.corr.weight: [0.1, 0.2]}}
-    repeats: 1
+    control: {loss.corr.weight: 0.0}
+    repeats: 3
 
-A parameter with ``when`` applies only when the named parameters take one of the listed
-values; otherwise it keeps the base config's value and trials that become identical are
-planned once. Every problem raises :class:`~detectors.config.ConfigError` naming the file,
-the key and what is wrong.
+``control`` names the baseline: every other configuration is compared with the one equal to
+it except that the control's keys take the control's values (parameters whose ``when``
+stops holding drop out), repeat by repeat; repeat r of every configuration trains with the
+same seed (common random numbers). A parameter with ``when`` applies only when the named
+parameters take one of the listed values; otherwise it keeps the base config's value and
+trials that become identical are planned once. Every problem raises
+:class:`~detectors.config.ConfigError` naming the file, the key and what is wrong.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from detectors.config import (
     ConfigError,
     ExperimentConfig,
     apply_overrides,
+    did_you_mean,
     from_dict,
     known_keys,
     load_config,
@@ -58,7 +63,9 @@ _TOP_KEYS = {
     "scheduler",
     "budget",
     "fixed",
+    "control",
 }
+SEED_KEY = "train.seed"  # varied by ``repeats``, never by a parameter
 _PARAM_KEYS = {"values", "distribution", "min", "max", "when"}
 _DISTRIBUTIONS = ("uniform", "loguniform", "int_uniform")
 
@@ -120,22 +127,32 @@ class Space:
     resources: Resources = field(default_factory=Resources)
     scheduler: Scheduler = field(default_factory=Scheduler)
     budget: Budget = field(default_factory=Budget)
+    control: dict[str, Any] = field(default_factory=dict)  # the baseline's parameter values
+
+    def definition(self) -> dict[str, Any]:
+        """What defines the study's trials, as plain values: a resumed sweep must have the
+        same (``repeats`` may grow: more seeds; the control only shapes the report)."""
+        return json.loads(
+            json.dumps(
+                {
+                    "base": self.base,
+                    "method": self.method,
+                    "metric": self.metric,
+                    "parameters": {
+                        p.key: {k: v for k, v in dataclasses.asdict(p).items() if k != "key"}
+                        for p in self.parameters
+                    },
+                    "fixed": self.fixed,
+                    "max_trials": self.max_trials,
+                },
+                sort_keys=True,
+                default=str,
+            )
+        )
 
     def digest(self) -> str:
-        """A short hash of everything that defines the study (tags runs; keys resume)."""
-        payload = json.dumps(
-            {
-                "base": self.base,
-                "method": self.method,
-                "metric": self.metric,
-                "params": [p.__dict__ for p in self.parameters],
-                "fixed": self.fixed,
-                "repeats": self.repeats,
-                "max_trials": self.max_trials,
-            },
-            sort_keys=True,
-            default=str,
-        )
+        """A short hash of :meth:`definition` (tags runs; a resume checks it)."""
+        payload = json.dumps(self.definition(), sort_keys=True)
         return hashlib.sha256(payload.encode()).hexdigest()[:12]
 
 
@@ -169,7 +186,10 @@ def _check_value(key: str, value: Any, path: str, where: str) -> None:
 def _parameter(key: str, spec: Any, path: str) -> Parameter:
     where = f"parameters.{key}"
     if key not in known_keys():
-        raise _fail(path, where, "not a config key (see `corrtune train --help` for keys)")
+        hint = did_you_mean(key, known_keys())
+        raise _fail(path, where, f"not a config key{hint} (see `corrtune train --help`)")
+    if key == SEED_KEY:
+        raise _fail(path, where, "seeds come from `repeats` (repeat r trains with seed + r)")
     if not isinstance(spec, dict):
         spec = {"values": spec if isinstance(spec, list) else [spec]}
     for sub in spec:
@@ -207,15 +227,17 @@ def _parameter(key: str, spec: Any, path: str) -> Parameter:
     return Parameter(key, distribution=dist, low=float(low), high=float(high), when=tuple(when))
 
 
-def load_space(path: str | Path, *, preset: str | None = None) -> Space:
-    """Read and validate a search-space YAML; ``preset`` replaces its ``base``."""
+def load_space(
+    path: str | Path, *, preset: str | None = None, repeats: int | None = None
+) -> Space:
+    """Read and validate a search-space YAML; ``preset`` replaces its ``base`` and
+    ``repeats`` its ``repeats`` (the command line's ``--preset``, ``--repeats``)."""
+    override_repeats = repeats
     source = str(path)
     raw = read_yaml(path)
     for key in raw:
         if key not in _TOP_KEYS:
-            close = [k for k in _TOP_KEYS if k[:3] == str(key)[:3]]
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise _fail(source, str(key), f"unknown key{hint}")
+            raise _fail(source, str(key), f"unknown key{did_you_mean(str(key), _TOP_KEYS)}")
     for required in ("name", "base", "parameters"):
         if required not in raw:
             raise _fail(source, required, "missing (required)")
@@ -255,9 +277,14 @@ def load_space(path: str | Path, *, preset: str | None = None) -> Space:
     fixed = _expect(raw.get("fixed", {}), dict, source, "fixed", "a mapping")
     for key, value in fixed.items():
         if key not in known_keys():
-            raise _fail(source, f"fixed.{key}", "not a config key")
+            hint = did_you_mean(key, known_keys())
+            raise _fail(source, f"fixed.{key}", f"not a config key{hint}")
         _check_value(key, value, source, f"fixed.{key}")
     repeats = _expect(raw.get("repeats", 1), int, source, "repeats", "an integer")
+    if override_repeats is not None:
+        if override_repeats < 1:
+            raise _fail("--repeats", "repeats", f"must be at least 1, got {override_repeats}")
+        repeats = override_repeats
     max_trials = _expect(raw.get("max_trials", 0), int, source, "max_trials", "an integer")
     max_conc = _expect(raw.get("max_concurrent", 0), int, source, "max_concurrent", "an integer")
     if repeats < 1:
@@ -287,7 +314,8 @@ def load_space(path: str | Path, *, preset: str | None = None) -> Space:
     resources = Resources(**res_raw)
     scheduler = _scheduler(raw.get("scheduler", {"kind": "none"}), source)
     budget = _budget(raw.get("budget", {}), source, resources)
-    return Space(
+    control = _control(raw.get("control", {}), parameters, source)
+    space = Space(
         name=name,
         path=source,
         base=base,
@@ -303,7 +331,13 @@ def load_space(path: str | Path, *, preset: str | None = None) -> Space:
         resources=resources,
         scheduler=scheduler,
         budget=budget,
+        control=control,
     )
+    if control and method != "tpe":
+        planned = [t.overrides for t in static_plan(space)]
+        if not any(control_of(space, o) == o for o in planned):
+            raise _fail(source, "control", "matches no planned configuration")
+    return space
 
 
 def _scheduler(raw: Any, source: str) -> Scheduler:
@@ -364,8 +398,7 @@ def grid_plan(space: Space) -> list[PlannedTrial]:
     seen: set[str] = set()
     combos: list[dict[str, Any]] = []
     for values in itertools.product(*(p.values for p in space.parameters)):
-        chosen = dict(zip(keys, values))
-        active = {p.key: chosen[p.key] for p in space.parameters if p.applies(chosen)}
+        active = active_overrides(space, dict(zip(keys, values)))
         marker = json.dumps(active, sort_keys=True, default=str)
         if marker not in seen:
             seen.add(marker)
@@ -377,13 +410,12 @@ def grid_plan(space: Space) -> list[PlannedTrial]:
 
 
 def _with_repeats(space: Space, combos: list[dict[str, Any]]) -> list[PlannedTrial]:
+    """Each configuration ``repeats`` times. A trial's key depends on its configuration and
+    repeat index only, so raising ``repeats`` later adds trials and keeps the others."""
     plan: list[PlannedTrial] = []
     for active in combos:
         for repeat in range(space.repeats):
-            overrides = dict(active)
-            if space.repeats > 1:
-                overrides["train.seed"] = repeat
-            plan.append(PlannedTrial(trial_key(overrides, repeat), overrides, repeat))
+            plan.append(PlannedTrial(trial_key(active, repeat), dict(active), repeat))
     return plan
 
 
@@ -398,17 +430,60 @@ def static_plan(space: Space) -> list[PlannedTrial]:
 
 
 def trial_config(
-    space: Space, overrides: dict[str, Any], extra: dict[str, Any] | None = None
+    space: Space,
+    overrides: dict[str, Any],
+    extra: dict[str, Any] | None = None,
+    repeat: int = 0,
 ) -> ExperimentConfig:
-    """The full config of one trial: base preset ← space's fixed ← trial ← command line.
+    """The full config of one trial: base preset ← space's fixed ← trial ← command line,
+    and the seed of repeat ``repeat``: the resolved ``train.seed`` + ``repeat``, the same
+    for that repeat of every configuration (initialisation, data order, augmentation).
 
     A relative ``data.root`` (the ``bccd`` preset's, or a ``--set``) is made absolute here,
     in the driver: Ray workers run in other folders, and on other machines.
     """
     cfg = load_config(preset=space.base, overrides={**space.fixed, **overrides, **(extra or {})})
     return dataclasses.replace(
-        cfg, data=dataclasses.replace(cfg.data, root=absolute_roots(cfg.data.root))
+        cfg,
+        data=dataclasses.replace(cfg.data, root=absolute_roots(cfg.data.root)),
+        train=dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat),
     )
+
+
+def active_overrides(space: Space, chosen: dict[str, Any]) -> dict[str, Any]:
+    """The values of ``chosen`` that apply: a parameter whose ``when`` does not hold (given
+    the values that apply) drops out. Ordered as the space's parameters."""
+    active: dict[str, Any] = {}
+    for p in _ordered(space):
+        if p.key in chosen and p.applies(active):
+            active[p.key] = chosen[p.key]
+    return {p.key: active[p.key] for p in space.parameters if p.key in active}
+
+
+def control_of(space: Space, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The configuration a configuration is compared with: ``overrides`` with the control's
+    keys set to the control's values, then only what applies."""
+    return active_overrides(space, {**overrides, **space.control})
+
+
+def _control(raw: Any, parameters: tuple[Parameter, ...], source: str) -> dict[str, Any]:
+    raw = _expect(raw, dict, source, "control", "a mapping of parameters to their values")
+    by_key = {p.key: p for p in parameters}
+    for key, value in raw.items():
+        where = f"control.{key}"
+        if key not in by_key:
+            hint = did_you_mean(str(key), by_key)
+            raise _fail(source, where, f"not a parameter of this space{hint}")
+        p = by_key[key]
+        if p.values and value not in p.values:
+            raise _fail(source, where, f"{value!r} is not one of its values {list(p.values)}")
+        if not p.values and not (
+            isinstance(value, int | float)
+            and not isinstance(value, bool)
+            and p.low <= value <= p.high
+        ):
+            raise _fail(source, where, f"{value!r} is outside [{p.low:g}, {p.high:g}]")
+    return dict(raw)
 
 
 def short_name(key: str, keys: Iterable[str]) -> str:

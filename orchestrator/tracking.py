@@ -8,14 +8,11 @@ with the driver are closed as KILLED rather than left RUNNING.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 import re
 import subprocess
-import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,10 +20,13 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from detectors import jsonio
+from orchestrator.ledger import Ledger
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
-# Ledger statuses of trials that a resumed sweep does not run again. STOPPED: ended early by
-# the scheduler (ASHA); its MLflow run is FINISHED with a ``corrtune.stopped_at`` tag.
-ENDED = ("FINISHED", "STOPPED")
+EXPERIMENT_KIND = ("mlflow.experimentKind", "custom_model_development")
+# Logged with every report of a trial: its step history is the run's history.
+STEP_METRIC = "progress"
 
 
 def tracking_uri(explicit: str | None, workdir: Path | None = None) -> str:
@@ -70,51 +70,6 @@ def mlflow_safe(metrics: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-@dataclass
-class Ledger:
-    """Trial key -> run id (and status), persisted atomically after every change."""
-
-    path: Path
-    parent_run_id: str = ""
-    space_digest: str = ""
-    trials: dict[str, dict[str, Any]] = field(default_factory=dict)
-    sweep_wall_s: float = 0.0  # summed over every invocation (resumes included)
-    storage: str = ""  # where Ray keeps the sweep's checkpoints (a resume looks there)
-
-    @classmethod
-    def load(cls, path: Path) -> Ledger:
-        if not path.exists():
-            return cls(path)
-        data = json.loads(path.read_text())
-        return cls(
-            path,
-            data.get("parent_run_id", ""),
-            data.get("space_digest", ""),
-            data.get("trials", {}),
-            float(data.get("sweep_wall_s", 0.0)),
-            str(data.get("storage", "")),
-        )
-
-    def save(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        payload = {
-            "parent_run_id": self.parent_run_id,
-            "space_digest": self.space_digest,
-            "trials": self.trials,
-            "sweep_wall_s": self.sweep_wall_s,
-            "storage": self.storage,
-        }
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".ledger-")
-        with os.fdopen(fd, "w") as f:
-            json.dump(payload, f, indent=2, sort_keys=True)
-        os.replace(tmp, self.path)
-
-    def finished(self) -> set[str]:
-        """Trials that ended for good: finished, or stopped early by the scheduler (ASHA
-        decided they were not worth finishing; a resume does not run them again)."""
-        return {k for k, v in self.trials.items() if v.get("status") in ENDED}
-
-
 class SweepTracker:
     """Creates and updates the parent and child runs of one sweep."""
 
@@ -125,11 +80,17 @@ class SweepTracker:
         # and a later sweep in the same process (tests, notebooks) would follow it.
         self.client = MlflowClient(uri)
         self.ledger = ledger
+        # Per trial: the highest step its run holds. A resumed trial reports again the
+        # steps between its checkpoint and the interruption; they are not logged twice.
+        self.last_step: dict[str, int] = {}
         try:
             found = self.client.get_experiment_by_name(experiment)
             self.experiment_id = (
                 found.experiment_id if found else self.client.create_experiment(experiment)
             )
+            # MLflow 3 opens an experiment without this tag on its GenAI overview (an empty
+            # traces dashboard); with it, on the runs table of a model-training experiment.
+            self.client.set_experiment_tag(self.experiment_id, *EXPERIMENT_KIND)
         except MlflowException as exc:  # a server that is not there, a store it cannot open
             from detectors.config import ConfigError
 
@@ -171,10 +132,13 @@ class SweepTracker:
         between creating it and saving the ledger, found by its tag) when it exists."""
         entry = self.ledger.trials.get(key)
         if entry and entry.get("run_id"):
-            self.client.update_run(entry["run_id"], status="RUNNING")
+            run_id = str(entry["run_id"])
+            self.client.update_run(run_id, status="RUNNING")
+            history = self.client.get_metric_history(run_id, STEP_METRIC)
+            self.last_step[key] = max((m.step for m in history), default=-1)
             entry["status"] = "RUNNING"
             self.ledger.save()
-            return str(entry["run_id"])
+            return run_id
         run = self.client.create_run(
             self.experiment_id,
             run_name=run_name,
@@ -211,7 +175,7 @@ class SweepTracker:
             entry["metrics"] = mlflow_safe(metrics)
         for name, content in (artifacts or {}).items():
             self.client.log_text(
-                run_id, json.dumps(content, indent=2, sort_keys=True, default=str), name
+                run_id, jsonio.dumps(content, indent=2, sort_keys=True, default=str), name
             )
         if error:
             self.client.set_tag(run_id, "error", error[:4000])
@@ -257,6 +221,16 @@ class SweepTracker:
         return sorted(set(closed))
 
     # ------------------------------------------------------------------------ logging
+    def log_trial_metrics(self, key: str, metrics: dict[str, Any], step: int) -> bool:
+        """Log a report of trial ``key`` at ``step``, unless its run already holds that step
+        (a resumed trial reporting again what it reported before it was interrupted: the
+        same values, from the same state). Returns whether it was logged."""
+        if step <= self.last_step.get(key, -1):
+            return False
+        self.log_metrics(self.ledger.trials[key]["run_id"], metrics, step=step)
+        self.last_step[key] = step
+        return True
+
     def log_params(self, run_id: str, params: dict[str, Any]) -> None:
         batch = [Param(k, str(v)[:6000]) for k, v in sorted(params.items())]
         for i in range(0, len(batch), 100):

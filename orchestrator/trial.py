@@ -8,6 +8,7 @@ imports is start-up time paid per trial and per worker.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import time
 from collections.abc import Callable
@@ -15,7 +16,14 @@ from pathlib import Path
 from typing import Any
 
 from detectors.config import ExperimentConfig, from_dict, to_dict
+from orchestrator import ray_compat
 from orchestrator.space import PlannedTrial, Space, optuna_name, trial_config, trial_key
+
+# Tests only: '{"key": TRIAL, "at": "final_report" | "end", "seconds": S}' makes that trial's
+# rank 0 touch <work>/<key>/paused-<at> and sleep S seconds there: before it reports its
+# final evaluation, or after its last report (while the run ends), so that a test can
+# interrupt the sweep at that moment.
+PAUSE_ENV = "CORRTUNE_TEST_PAUSE"
 
 
 class TrialResolver:
@@ -67,9 +75,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         local = Path(loop_config["work_dir"]) / f"restore-rank{rank}"
         resume_from = Path(checkpoint.to_directory(str(local))) / "checkpoint.pt"
         resumed_at = int(torch.load(resume_from, weights_only=False)["iteration"])
-    out_dir = Path(loop_config["work_dir"]) / f"rank{rank}"
+    work_dir = Path(loop_config["work_dir"])
+    out_dir = work_dir / f"rank{rank}"
     fault = loop_config.get("fault_at_iteration", 0)  # tests: workers that die once
+    pause = json.loads(os.environ.get(PAUSE_ENV, "{}"))
+    if rank != 0 or pause.get("key") != work_dir.name:
+        pause = {}
     first_report = [True]
+    ready_at = [started_at]
+
+    def on_ready() -> None:  # data, model and optimizer are built
+        ready_at[0] = time.time()
+
     stop_marker = loop_config.get("stop_marker", "")
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
 
@@ -78,12 +95,13 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             raise StopRequested  # Tune stopped the trial: end this run, as if it finished
         if resume_from is not None:
             record = record | {"trial/resumed_from": resumed_at}
+        if pause.get("at") == "final_report" and record.get("progress", 0) >= 1:
+            _pause(work_dir, pause)
         if first_report[0]:  # where the trial's time goes (see TrackingCallback)
             first_report[0] = False
-            since_entry = time.time() - started_at
             record = record | {
                 "trial/worker_started_at": started_at,
-                "trial/setup_s": since_entry - float(record.get("train/elapsed_s", 0.0)),
+                "trial/setup_s": ready_at[0] - started_at,
             }
         if checkpoint_path is not None and rank == 0:
             ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_path.parent))
@@ -106,9 +124,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             report=report,
             resume_from=resume_from,
             device=device,
+            on_ready=on_ready,
         )
+    if pause.get("at") == "end":
+        _pause(work_dir, pause)
     if device.type == "cuda":  # hand the memory back before the next trial's workers start
         torch.cuda.empty_cache()
+
+
+def _pause(work_dir: Path, pause: dict[str, Any]) -> None:
+    work_dir.mkdir(parents=True, exist_ok=True)
+    (work_dir / f"paused-{pause['at']}").touch()
+    time.sleep(float(pause["seconds"]))
 
 
 def make_trainable(
@@ -165,8 +192,7 @@ def make_trainable(
         )
         trainer.fit()
 
-    trainable.__mixins__ = (StopsItsTrainRun,)  # type: ignore[attr-defined]
-    return trainable
+    return ray_compat.with_mixins(trainable, StopsItsTrainRun)
 
 
 # ------------------------------------------------------------------ stopping a trial
@@ -192,16 +218,13 @@ class StopsItsTrainRun:
     stop_marker = ""  # the running trial's marker (one trial at a time per actor)
 
     def cleanup(self) -> None:
-        from ray.train._internal.session import get_session  # Tune's function session
-
-        session = get_session()
-        thread = getattr(session, "training_thread", None)
+        thread = ray_compat.training_thread()
         if self.stop_marker and thread is not None and thread.is_alive():
             touch_marker(self.stop_marker)
             # Tune takes no more results of this trial, so Ray Train's report to Tune would
             # block on the full queue between them, and the workers with it, short of the
             # report where they see the marker: take (and drop) the results meanwhile.
-            results = getattr(session, "_inter_actor_queue", None)
+            results = ray_compat.result_queue()
             deadline = time.time() + STOP_TIMEOUT_S
             while thread.is_alive() and time.time() < deadline:
                 if results is None:
@@ -259,9 +282,9 @@ def trial_ray_settings(local: bool) -> dict[str, str]:
     env = {
         # The controller polls its workers this often (Ray's default: 2 s); a worker's report
         # waits for the next poll, and so does the end of a trial.
-        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
-        "RAY_TRAIN_METRICS_ENABLED": "0",  # Prometheus metrics: no scraper is configured
+        ray_compat.HEALTH_CHECK_INTERVAL: "0.5",
+        ray_compat.METRICS_ENABLED: "0",  # Prometheus metrics: no scraper is configured
     }
     if local:  # one machine is never drained: no preemption-watcher actor per trial
-        env["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
+        env[ray_compat.PREEMPTION_WATCHER] = "0"
     return env

@@ -34,7 +34,7 @@ def test_misspelt_top_level_key_is_one_line_and_exit_2(runner: CliRunner, tmp_pa
     bad = tmp_path / "bad.yaml"
     bad.write_text(SPACE + "repeets: 3\n")
     # The real run_sweep validates; only the Ray part (the heavy call) is patched.
-    with mock.patch("orchestrator.sweep._run_tune") as run:
+    with mock.patch("orchestrator.sweep._run_trials") as run:
         result = runner.invoke(app, ["sweep", str(bad)])
     assert result.exit_code == 2
     lines = [ln for ln in result.output.splitlines() if ln.strip()]
@@ -157,8 +157,8 @@ def test_report_failure_after_a_sweep_is_a_warning_and_exit_0(
     (tmp_path / "results").write_text("a file where the results folder goes")
     # The real run_sweep; only Ray (the heavy part) is left out.
     with (
-        mock.patch("orchestrator.sweep._start_ray", return_value=False),
-        mock.patch("orchestrator.sweep._run_tune", return_value="FINISHED") as run,
+        mock.patch("orchestrator.ray_runtime.start_ray", return_value=False),
+        mock.patch("orchestrator.sweep._run_trials", return_value="FINISHED") as run,
     ):
         result = runner.invoke(app, ["sweep", str(space), "--preset", "smoke"])
     run.assert_called_once()

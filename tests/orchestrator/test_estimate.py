@@ -19,7 +19,7 @@ from orchestrator.estimate import (
     timing_from_ledger,
 )
 from orchestrator.space import grid_plan, load_space, trial_config
-from orchestrator.tracking import Ledger
+from orchestrator.ledger import Ledger
 
 SPACE = """
 name: est

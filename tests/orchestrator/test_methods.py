@@ -10,7 +10,7 @@ import pytest
 
 from detectors.config import ConfigError
 from orchestrator.space import grid_plan, load_space, random_plan, static_plan, suggest_overrides
-from orchestrator.sweep import SweepOptions, describe_plan, plan_sweep
+from orchestrator.plan import describe_plan, plan_sweep
 
 DISTS = """
 name: demo
@@ -55,10 +55,11 @@ def test_random_plans_max_trials_times_repeats(tmp_path: Path, repeats: int) -> 
     assert len({t.key for t in plan}) == len(plan)
     for trial in plan:
         _check_ranges(trial.overrides)
-        assert ("train.seed" in trial.overrides) == (repeats > 1)
+        assert "train.seed" not in trial.overrides  # the seed comes from the repeat
+    assert sorted(t.repeat for t in plan) == sorted(list(range(repeats)) * 7)
     assert [t.key for t in random_plan(space)] == [t.key for t in plan]  # reproducible
     # Every planned trial resolves to a valid config.
-    assert len(plan_sweep(space, SweepOptions())) == 7 * repeats
+    assert len(plan_sweep(space, {})) == 7 * repeats
 
 
 def test_random_draws_both_branches_and_spread(tmp_path: Path) -> None:
@@ -106,7 +107,7 @@ def test_tpe_suggests_real_distributions_with_conditions(tmp_path: Path) -> None
 
 def test_tpe_dry_run_describes_the_search(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, DISTS.replace("METHOD", "tpe")))
-    text = describe_plan(space, plan_sweep(space, SweepOptions()), set())
+    text = describe_plan(space, plan_sweep(space, {}), set())
     assert "TPE picks up to 7 trial(s)" in text
     assert "loss.corr.strength: loguniform(0.001, 1), when loss.corr.kind in ['spearman']" in text
 

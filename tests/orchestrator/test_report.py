@@ -9,7 +9,7 @@ import pytest
 
 from orchestrator.report import mean_ci, report_sweep, write_report
 from orchestrator.space import grid_plan, load_space
-from orchestrator.tracking import Ledger
+from orchestrator.ledger import Ledger
 
 SPACE = """
 name: rep

@@ -58,8 +58,20 @@ def test_repeats_add_seeds_and_keys_are_stable(tmp_path: Path) -> None:
     space = load_space(write(tmp_path, VALID + "repeats: 3\n"))
     plan = grid_plan(space)
     assert len(plan) == 9
-    assert sorted({t.overrides["train.seed"] for t in plan}) == [0, 1, 2]
+    assert sorted({t.repeat for t in plan}) == [0, 1, 2]
     assert [t.key for t in plan] == [t.key for t in grid_plan(space)]
+    # Repeat r of every configuration trains with the base seed + r (paired seeds).
+    seeds = {(t.repeat, trial_config(space, t.overrides, repeat=t.repeat).train.seed) for t in plan}
+    assert seeds == {(0, 0), (1, 1), (2, 2)}
+    shifted = trial_config(space, plan[0].overrides, {"train.seed": 10}, repeat=2)
+    assert shifted.train.seed == 12  # --set train.seed shifts every repeat's seed
+
+
+def test_raising_repeats_keeps_the_keys_of_the_seeds_already_planned(tmp_path: Path) -> None:
+    one = grid_plan(load_space(write(tmp_path, VALID + "repeats: 1\n")))
+    three = grid_plan(load_space(write(tmp_path, VALID + "repeats: 1\n"), repeats=3))
+    assert {t.key for t in one} < {t.key for t in three}
+    assert len(three) == 3 * len(one)
 
 
 def test_preset_option_replaces_base(tmp_path: Path) -> None:
@@ -140,17 +152,17 @@ def test_budget_in_gpu_and_cpu_hours(tmp_path: Path) -> None:
 
 
 def test_asha_needs_intermediate_evaluations(tmp_path: Path) -> None:
-    from orchestrator.sweep import SweepOptions, plan_sweep
+    from orchestrator.plan import plan_sweep
 
     asha = VALID + "scheduler: {kind: asha}\n"
     space = load_space(write(tmp_path, asha))
     with pytest.raises(ConfigError, match="asha needs intermediate evaluations") as info:
-        plan_sweep(space, SweepOptions())
+        plan_sweep(space, {})
     assert info.value.key == "scheduler.kind"
     # Evaluations every 2 iterations, from the space or from --set: planned.
     with_evals = load_space(write(tmp_path, asha + "fixed: {train.eval_every: 2}\n"))
-    assert len(plan_sweep(with_evals, SweepOptions())) == 3
-    assert len(plan_sweep(space, SweepOptions(overrides={"train.eval_every": 2}))) == 3
+    assert len(plan_sweep(with_evals, {})) == 3
+    assert len(plan_sweep(space, {"train.eval_every": 2})) == 3
 
 
 @pytest.mark.slow
@@ -169,7 +181,7 @@ def test_every_trial_of_every_shipped_space_trains_on_smoke(
     cache = tmp_path_factory.getbasetemp() / "smoke-cache"
     seen: set[str] = set()
     for trial in grid_plan(space):
-        overrides = {k: v for k, v in trial.overrides.items() if k != "train.seed"}
+        overrides = trial.overrides
         if repr(sorted(overrides.items())) in seen:
             continue
         seen.add(repr(sorted(overrides.items())))

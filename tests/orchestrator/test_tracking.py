@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator.tracking import Ledger, SweepTracker, tracking_uri
+from orchestrator.ledger import Ledger
+from orchestrator.tracking import SweepTracker, tracking_uri
 
 
 @pytest.fixture
