@@ -1,9 +1,12 @@
-"""Losses: classification (focal), box regression, Correlation Loss and DC weighting.
+"""Losses: classification, box regression, Correlation Loss and DC weighting.
 
 Each slot is a flat name -> implementation table: ``CLASSIFICATION_LOSSES``,
-``REGRESSION_LOSSES`` and ``CORRELATIONS``.
+``REGRESSION_LOSSES`` and ``CORRELATIONS``. The classification slot holds element-wise
+losses (:class:`ElementwiseClassificationLoss`: ``[N, C] -> [N, C]``, summed and normalised
+by the detector).
 """
 
+from detectors.losses.classification_base import ElementwiseClassificationLoss
 from detectors.losses.correlation import (
     CORRELATIONS,
     CorrelationOutput,
@@ -12,14 +15,17 @@ from detectors.losses.correlation import (
     pooled_correlation_loss,
 )
 from detectors.losses.dc import dc_weighted_sum, dc_weights
-from detectors.losses.focal import CLASSIFICATION_LOSSES, FocalLoss, sigmoid_focal_loss
+from detectors.losses.focal import FocalLoss, sigmoid_focal_loss
 from detectors.losses.regression import REGRESSION_LOSSES
+
+CLASSIFICATION_LOSSES: dict[str, type[ElementwiseClassificationLoss]] = {"focal": FocalLoss}
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
     "CORRELATIONS",
     "REGRESSION_LOSSES",
     "CorrelationOutput",
+    "ElementwiseClassificationLoss",
     "FocalLoss",
     "correlation_coefficient",
     "correlation_loss",
