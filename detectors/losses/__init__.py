@@ -16,9 +16,15 @@ from detectors.losses.correlation import (
 )
 from detectors.losses.dc import dc_weighted_sum, dc_weights
 from detectors.losses.focal import FocalLoss, sigmoid_focal_loss
+from detectors.losses.quality_focal import QualityFocalLoss, quality_focal_loss
 from detectors.losses.regression import REGRESSION_LOSSES
+from detectors.losses.varifocal import VarifocalLoss, varifocal_loss
 
-CLASSIFICATION_LOSSES: dict[str, type[ElementwiseClassificationLoss]] = {"focal": FocalLoss}
+CLASSIFICATION_LOSSES: dict[str, type[ElementwiseClassificationLoss]] = {
+    "focal": FocalLoss,
+    "qfl": QualityFocalLoss,
+    "vfl": VarifocalLoss,
+}
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
@@ -27,10 +33,14 @@ __all__ = [
     "CorrelationOutput",
     "ElementwiseClassificationLoss",
     "FocalLoss",
+    "QualityFocalLoss",
+    "VarifocalLoss",
     "correlation_coefficient",
     "correlation_loss",
     "dc_weighted_sum",
     "dc_weights",
     "pooled_correlation_loss",
+    "quality_focal_loss",
     "sigmoid_focal_loss",
+    "varifocal_loss",
 ]

@@ -48,8 +48,8 @@ def run(loss: ElementwiseClassificationLoss, logits: Tensor, targets: Tensor) ->
 
 
 def test_table_lists_the_implementations() -> None:
-    assert set(CLASSIFICATION_LOSSES) == {"focal"}
-    assert ELEMENTWISE == ["focal"]
+    assert set(CLASSIFICATION_LOSSES) == {"focal", "qfl", "vfl"}
+    assert ELEMENTWISE == ["focal", "qfl", "vfl"]
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION_LOSSES))
