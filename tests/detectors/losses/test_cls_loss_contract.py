@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor
 
-from detectors.losses import CLASSIFICATION_LOSSES, ElementwiseClassificationLoss
+from detectors.losses import CLASSIFICATION_LOSSES, ElementwiseClassificationLoss, RankSortLoss
 
 ELEMENTWISE = sorted(
     name
@@ -48,8 +48,9 @@ def run(loss: ElementwiseClassificationLoss, logits: Tensor, targets: Tensor) ->
 
 
 def test_table_lists_the_implementations() -> None:
-    assert set(CLASSIFICATION_LOSSES) == {"focal", "qfl", "vfl"}
+    assert set(CLASSIFICATION_LOSSES) == {"focal", "qfl", "vfl", "rs"}
     assert ELEMENTWISE == ["focal", "qfl", "vfl"]
+    assert CLASSIFICATION_LOSSES["rs"] is RankSortLoss  # the one that is not element-wise
 
 
 @pytest.mark.parametrize("name", sorted(CLASSIFICATION_LOSSES))
