@@ -23,6 +23,11 @@ equal and opposite update, to the examples that caused it, in proportion to a pm
 - both summed over the positives i and divided by |P|.
 
 Each update sums to zero over the examples, so the loss moves no logit "on average".
+
+Computation: the sorting terms are pairwise among the positives (chunked); the ranking terms
+against the negatives use that both of their sums are piecewise linear in the logits between
+the edges ``s_i ± δ``, so one sort of the negatives and prefix sums give them exactly (see
+:func:`_ranking_terms`), without the reference's [P, R] comparisons.
 """
 
 from __future__ import annotations
@@ -31,10 +36,11 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
-DEFAULT_CHUNK_ELEMENTS = 2**23  # elements of one chunk's blocks: 32 MB in float32
+DEFAULT_CHUNK_ELEMENTS = 2**23  # elements of one chunk's [k, P] blocks: 32 MB in float32
 
 
 def check_rank_sort_params(delta: float, chunk_elements: int) -> None:
@@ -56,68 +62,97 @@ def smoothed_step(others: Tensor, anchors: Tensor, delta: float) -> Tensor:
     return x.mul_(1 / (2 * delta)).add_(0.5).clamp_(0, 1)
 
 
-@dataclass(frozen=True)
-class _RankSortUpdate:
-    """Errors summed over the positives and the identity updates, before division by |P|."""
+def _sorting_terms(
+    pos_logits: Tensor, pos_targets: Tensor, delta: float, chunk: int
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(rank⁺ [P], sorting error ℓ_S − ℓ*_S [P], sorting update [P])`` of P positives
+    ([P] logits and IoUs), the update before division by |P|.
 
-    ranking_sum: Tensor  # 0-dim Σ_i ℓ_R(i)
-    sorting_sum: Tensor  # 0-dim Σ_i (ℓ_S(i) − ℓ*_S(i))
-    pos_rank_grad: Tensor  # [P] ranking update of each positive
-    pos_sort_grad: Tensor  # [P] sorting update of each positive
-    neg_rank_grad: Tensor  # [R] ranking update of each relevant negative (sorting: none)
-
-
-def _rank_sort_sums(
-    pos_logits: Tensor, pos_targets: Tensor, neg_logits: Tensor, delta: float, chunk: int
-) -> _RankSortUpdate:
-    """Errors and updates of P positives ([P] logits and IoUs) against R negatives ([R]).
-
-    Vectorised over the positives, k at a time: the live [k, ·] blocks of one chunk (one
-    [k, R], or up to three [k, P] and a mask) hold at most ``chunk`` elements when
-    ``k = chunk // (R + 3P)`` is at least 1."""
-    num_pos, num_neg = pos_logits.numel(), neg_logits.numel()
-    pos_rank_grad = torch.zeros_like(pos_logits)  # [P]
-    pos_sort_grad = torch.zeros_like(pos_logits)  # [P]
-    neg_rank_grad = torch.zeros_like(neg_logits)  # [R]
-    ranking_sum = pos_logits.new_zeros(())
-    sorting_sum = pos_logits.new_zeros(())
+    Pairwise among the positives, k rows at a time: the live [k, P] blocks of a chunk (up to
+    three and a mask) hold at most ``chunk`` elements when ``k = chunk // 3P`` is >= 1."""
+    num_pos = pos_logits.numel()
+    rank_pos = torch.empty_like(pos_logits)  # [P]
+    sorting_error = torch.empty_like(pos_logits)  # [P]
+    update = torch.zeros_like(pos_logits)  # [P]
     one_minus_y = 1 - pos_targets  # [P]
-    rows = max(1, chunk // (num_neg + 3 * num_pos))
+    rows = max(1, chunk // (3 * num_pos))
     for start in range(0, num_pos, rows):
         stop = min(start + rows, num_pos)
         s_i, y_i = pos_logits[start:stop], pos_targets[start:stop]  # [k]
-
-        # Sorting, among the positives. H(0) > 0 on the diagonal, so rank⁺(i) > 0 and the
-        # target set (IoU at or above y_i) always holds i itself.
+        # H(0) > 0 on the diagonal: rank⁺(i) > 0, and the target set (IoU at or above y_i)
+        # always holds i itself, so neither normaliser is 0.
         h_pos = smoothed_step(pos_logits, s_i, delta)  # [k, P]
-        rank_pos = h_pos.sum(dim=1)  # [k]
-        current = (h_pos @ one_minus_y) / rank_pos  # [k] ℓ_S(i)
+        rank_pos[start:stop] = h_pos.sum(dim=1)
+        current = (h_pos @ one_minus_y) / rank_pos[start:stop]  # [k] ℓ_S(i)
         ahead = pos_targets[None, :] >= y_i[:, None]  # [k, P]: j at or above i in IoU order
         h_ahead = torch.where(ahead, h_pos, 0)  # [k, P]
         target = (h_ahead @ one_minus_y) / h_ahead.sum(dim=1)  # [k] ℓ*_S(i)
         del h_ahead
         # With no mis-sorted positive h_ahead equals h_pos element for element, so the two
         # sums are bitwise equal and the error exactly 0: the guard only avoids 0 / 0.
-        sorting_error = current - target  # [k]
+        error = current - target  # [k]
         h_missorted = h_pos.masked_fill_(ahead, 0)  # [k, P]: lower IoU, ranked above i
         denom = h_missorted.sum(dim=1)  # [k]
-        share = torch.where(denom > 0, sorting_error / denom, 0)  # [k]
-        pos_sort_grad[start:stop] -= sorting_error
-        pos_sort_grad += share @ h_missorted  # the sorting pmf
-        del h_pos, h_missorted, ahead
+        share = torch.where(denom > 0, error / denom, 0)  # [k]
+        update[start:stop] -= error
+        update += share @ h_missorted  # the sorting pmf
+        sorting_error[start:stop] = error
+    return rank_pos, sorting_error, update
 
-        # Ranking, against the negatives.
-        h_neg = smoothed_step(neg_logits, s_i, delta)  # [k, R]
-        num_fp = h_neg.sum(dim=1)  # [k]
-        rank = rank_pos + num_fp  # [k]
-        ranking_error = num_fp / rank  # [k]
-        pos_rank_grad[start:stop] -= ranking_error
-        neg_rank_grad += rank.reciprocal() @ h_neg  # Σ_i H(x_ij) / rank(i): the ranking pmf
-        del h_neg
 
-        ranking_sum = ranking_sum + ranking_error.sum()
-        sorting_sum = sorting_sum + sorting_error.sum()
-    return _RankSortUpdate(ranking_sum, sorting_sum, pos_rank_grad, pos_sort_grad, neg_rank_grad)
+def _ranking_terms(
+    pos_logits: Tensor, rank_pos: Tensor, neg_logits: Tensor, delta: float
+) -> tuple[Tensor, Tensor, Tensor]:
+    """``(ranking error ℓ_R [P], ranking update [R], order [R])`` of P positives against R
+    negatives: the update ``Σ_i H(x_ij) / rank(i)`` (before division by |P|) of negative
+    ``order[n]`` is ``update[n]``, i.e. in ascending order of the negatives' logits.
+
+    No [P, R] block: both sums are piecewise linear in the logits between the edges
+    ``s_i ± δ``, so prefix sums over the sorted negatives give each positive's ``N_FP`` and
+    prefix sums over the sorted edges give each negative's update, in O((P + R) log R) and
+    about 40 bytes per negative. Exact up to rounding: H is continuous, so which side of an
+    edge a tie falls on changes no value (δ = 0 keeps its ``>=``). Float64, after shifting
+    every logit by the mean positive one (H sees only differences): small prefix sums."""
+    shift = pos_logits.double().mean()
+    s = pos_logits.double() - shift  # [P]
+    sorted_logits, order = torch.sort(neg_logits)  # [R] ascending
+    t = sorted_logits.double().sub_(shift)  # [R]
+    del sorted_logits
+    num_neg = t.numel()
+    if delta == 0:  # H(x) = [x >= 0]: count the negatives at or above each positive
+        num_fp = (num_neg - torch.searchsorted(t, s)).double()  # [P]
+    else:
+        prefix = F.pad(t.cumsum(0), (1, 0))  # [R + 1]: prefix[n] = Σ of the n lowest
+        lo = torch.searchsorted(t, s - delta)  # [P] negatives below s − δ: H = 0
+        hi = torch.searchsorted(t, s + delta)  # [P] ... below s + δ; the rest have H = 1
+        in_window = (hi - lo).double()  # [P] on the slope of H
+        slope_sum = prefix[hi] - prefix[lo] - in_window * s  # [P] Σ (t_j − s_i) there
+        del prefix
+        num_fp = slope_sum / (2 * delta) + 0.5 * in_window + (num_neg - hi)  # [P]
+    rank = rank_pos.double() + num_fp  # [P]
+    ranking_error = num_fp / rank  # [P]
+    weight = rank.reciprocal()  # [P]: what each positive hands out per unit of H
+    # G(t) = Σ_i weight_i H(t − s_i) = α + β t between consecutive edges. Passing an edge
+    # (edge <= t) adds (dα, dβ): at s − δ the positive starts on the slope, at s + δ it
+    # leaves it for the constant weight (δ = 0: one edge at s, straight to the constant).
+    if delta == 0:
+        edges, d_alpha, d_beta = s, weight, torch.zeros_like(weight)  # [E = P]
+    else:
+        half_slope = weight / (2 * delta)  # [P]
+        edges = torch.cat([s - delta, s + delta])  # [E = 2P]
+        d_alpha = torch.cat([0.5 * weight - half_slope * s, 0.5 * weight + half_slope * s])
+        d_beta = torch.cat([half_slope, -half_slope])
+    edges, edge_order = torch.sort(edges, stable=True)  # [E]
+    alpha = F.pad(d_alpha[edge_order].cumsum(0), (1, 0))  # [E + 1]
+    beta = F.pad(d_beta[edge_order].cumsum(0), (1, 0))  # [E + 1]
+    first_passing = torch.searchsorted(t, edges)  # [E] first sorted negative with t >= edge
+    # Integer counts (exact, and 1-D scatter_add_ is deterministic on CUDA as well).
+    passed = torch.zeros(num_neg + 1, dtype=torch.int64, device=t.device)
+    passed.scatter_add_(0, first_passing, torch.ones_like(first_passing)).cumsum_(0)
+    passed = passed[:num_neg]  # [R] edges at or below each sorted negative
+    update = beta[passed].mul_(t).add_(alpha[passed])  # [R], sorted order
+    dtype = pos_logits.dtype
+    return ranking_error.to(dtype), update.to(dtype), order
 
 
 class _RankSortFunction(torch.autograd.Function):
@@ -144,15 +179,15 @@ class _RankSortFunction(torch.autograd.Function):
             # changes neither error nor gets any update, so it is left out (the paper's point).
             threshold = pos_logits.min() - delta
             neg_index = ((~positive) & (scores >= threshold)).nonzero().squeeze(1)  # [R]
-            sums = _rank_sort_sums(
-                pos_logits, ious[pos_index], scores[neg_index], delta, chunk_elements
+            rank_pos, sorting_error, pos_sort = _sorting_terms(
+                pos_logits, ious[pos_index], delta, chunk_elements
             )
-            ranking, sorting = sums.ranking_sum / num_pos, sums.sorting_sum / num_pos
-            grads = (
-                sums.pos_rank_grad / num_pos,
-                sums.pos_sort_grad / num_pos,
-                sums.neg_rank_grad / num_pos,
+            ranking_error, neg_rank, order = _ranking_terms(
+                pos_logits, rank_pos, scores[neg_index], delta
             )
+            neg_index = neg_index[order]  # [R], in the order of neg_rank
+            ranking, sorting = ranking_error.mean(), sorting_error.mean()
+            grads = (-ranking_error / num_pos, pos_sort / num_pos, neg_rank / num_pos)
         poisoned = scores.isnan().any()  # NaN logits must show in the loss, not vanish
         ranking = torch.where(poisoned, torch.nan, ranking)
         sorting = torch.where(poisoned, torch.nan, sorting)
@@ -193,11 +228,10 @@ def rank_sort_loss(
             their IoU to a small floor before the call.
         delta: half-width δ of the smoothed step (paper: 0.5; 0 gives the hard step). It is
             also the margin: a negative adds error until it sits δ below a positive.
-        chunk_elements: memory bound. Positives are processed k at a time against all P
-            positives and the R relevant negatives, ``k = max(1, chunk_elements // (R +
-            3P))``, so the pairwise temporaries of a chunk hold at most ``chunk_elements``
-            elements (32 MB in float32 at the default 2**23) unless one row is larger;
-            the [M]-sized masks and the saved updates come on top.
+        chunk_elements: memory bound of the pairwise part. The sorting terms compare the
+            positives with each other, ``k = max(1, chunk_elements // 3P)`` rows at a time,
+            so their [k, P] blocks hold at most ``chunk_elements`` elements (32 MB in
+            float32 at the default 2**23). The ranking terms never form a [P, R] block.
 
     Returns:
         ``(ranking_loss, sorting_loss)``, 0-dim each, in float32 or wider: the means over
@@ -220,11 +254,17 @@ def rank_sort_loss(
     - The reference skips a pmf whose normaliser is <= 1e-10; here only exact zeros are
       skipped: the ranking share is ``H / rank(i)`` with ``rank(i) >= 0.5`` and the sorting
       pmf sums to 1, so no small normaliser divides anything it does not also bound.
-    - Values and updates are computed in float32 (float64 stays float64) with the graph
-      off; the gradient is returned in the logits' dtype. NaN in the logits makes both
-      losses NaN, for the training loop's non-finite check.
-    - Device-agnostic (CPU and CUDA): two host syncs (counting positives and relevant
-      negatives), one Python loop over chunks, none over positives.
+    - Cost: the ranking terms come from one sort of the R relevant negatives and prefix
+      sums, O((P + R) log R) time and about 40 bytes of temporaries per relevant negative,
+      instead of the reference's loop over positives, O(P·R); the sorting terms are
+      pairwise among the positives, O(P²), chunked. 2000 positives against 1M relevant
+      negatives peak at about 64 MB above the inputs (CPU, masks and saved state
+      included). Device-agnostic
+      (CPU and CUDA), deterministic: two host syncs (counting positives and relevant
+      negatives), one Python loop over chunks of positives, none over positives.
+    - Precision: the sorting terms in float32 (float64 stays float64), the ranking terms
+      in float64; the gradient is returned in the logits' dtype. NaN in the logits makes
+      both losses NaN, for the training loop's non-finite check.
     """
     check_rank_sort_params(delta, chunk_elements)
     if logits.dim() != 1 or logits.shape != targets.shape:
