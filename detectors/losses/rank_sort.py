@@ -259,9 +259,9 @@ def rank_sort_loss(
       instead of the reference's loop over positives, O(P·R); the sorting terms are
       pairwise among the positives, O(P²), chunked. 2000 positives against 1M relevant
       negatives peak at about 64 MB above the inputs (CPU, masks and saved state
-      included). Device-agnostic
-      (CPU and CUDA), deterministic: two host syncs (counting positives and relevant
-      negatives), one Python loop over chunks of positives, none over positives.
+      included). Device-agnostic (CPU and CUDA) and deterministic: two host syncs
+      (counting positives and relevant negatives), one Python loop over chunks of
+      positives, none over positives.
     - Precision: the sorting terms in float32 (float64 stays float64), the ranking terms
       in float64; the gradient is returned in the logits' dtype. NaN in the logits makes
       both losses NaN, for the training loop's non-finite check.
@@ -334,7 +334,9 @@ class RankSortLoss:
        :func:`rs_box_loss` does both. The box term then equals ``L_RS`` in value.
     4. No positives in the batch: every loss is 0 (``rs_box_loss`` returns a zero that keeps
        the graph). The sorting objective replaces the centerness / IoU branch, which
-       RS-Net drops.
+       RS-Net drops; test-time scores stay ``σ(logit)``.
+    5. Under DDP each worker ranks its own batch, as the reference does (no all-gather of
+       logits; the normalisation is by the worker's own positives).
     """
 
     uses_iou_targets: ClassVar[bool] = True
