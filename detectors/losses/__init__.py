@@ -1,9 +1,14 @@
-"""Losses: classification (focal), box regression, Correlation Loss and DC weighting.
+"""Losses: classification, box regression, Correlation Loss and DC weighting.
 
 Each slot is a flat name -> implementation table: ``CLASSIFICATION_LOSSES``,
-``REGRESSION_LOSSES`` and ``CORRELATIONS``.
+``REGRESSION_LOSSES`` and ``CORRELATIONS``. The classification slot holds element-wise
+losses (:class:`ElementwiseClassificationLoss`: ``[N, C] -> [N, C]``, summed and normalised
+by the detector) and Rank & Sort Loss (:class:`RankSortLoss`: flattened pairs -> two
+normalised scalars, with its own box-loss balance); detectors tell them apart with
+``isinstance(loss, ElementwiseClassificationLoss)``.
 """
 
+from detectors.losses.classification_base import ElementwiseClassificationLoss
 from detectors.losses.correlation import (
     CORRELATIONS,
     CorrelationOutput,
@@ -12,19 +17,37 @@ from detectors.losses.correlation import (
     pooled_correlation_loss,
 )
 from detectors.losses.dc import dc_weighted_sum, dc_weights
-from detectors.losses.focal import CLASSIFICATION_LOSSES, FocalLoss, sigmoid_focal_loss
+from detectors.losses.focal import FocalLoss, sigmoid_focal_loss
+from detectors.losses.quality_focal import QualityFocalLoss, quality_focal_loss
+from detectors.losses.rank_sort import RankSortLoss, rank_sort_loss, rs_box_loss
 from detectors.losses.regression import REGRESSION_LOSSES
+from detectors.losses.varifocal import VarifocalLoss, varifocal_loss
+
+CLASSIFICATION_LOSSES: dict[str, type[ElementwiseClassificationLoss] | type[RankSortLoss]] = {
+    "focal": FocalLoss,
+    "qfl": QualityFocalLoss,
+    "vfl": VarifocalLoss,
+    "rs": RankSortLoss,
+}
 
 __all__ = [
     "CLASSIFICATION_LOSSES",
     "CORRELATIONS",
     "REGRESSION_LOSSES",
     "CorrelationOutput",
+    "ElementwiseClassificationLoss",
     "FocalLoss",
+    "QualityFocalLoss",
+    "RankSortLoss",
+    "VarifocalLoss",
     "correlation_coefficient",
     "correlation_loss",
     "dc_weighted_sum",
     "dc_weights",
     "pooled_correlation_loss",
+    "quality_focal_loss",
+    "rank_sort_loss",
+    "rs_box_loss",
     "sigmoid_focal_loss",
+    "varifocal_loss",
 ]
