@@ -21,7 +21,10 @@ def plan_sweep(space: Space, overrides: dict[str, Any]) -> Plan:
     so its plan is empty and only the base config is validated.
     """
     base = trial_config(space, {}, overrides)
-    plan = [(t, trial_config(space, t.overrides, overrides)) for t in static_plan(space)]
+    plan = [
+        (t, trial_config(space, t.overrides, overrides, repeat=t.repeat))
+        for t in static_plan(space)
+    ]
     if space.scheduler.kind == "asha" and any(
         not c.train.eval_every for c in [base] + [c for _, c in plan]
     ):

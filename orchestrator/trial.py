@@ -19,10 +19,10 @@ from detectors.config import ExperimentConfig, from_dict, to_dict
 from orchestrator import ray_compat
 from orchestrator.space import PlannedTrial, Space, optuna_name, trial_config, trial_key
 
-# Tests only: '{"key": TRIAL, "at": "final_report" | "end", "seconds": S}' makes that trial's
-# rank 0 touch <work>/<key>/paused-<at> and sleep S seconds there: before it reports its
-# final evaluation, or after its last report (while the run ends), so that a test can
-# interrupt the sweep at that moment.
+# Tests only: '{TRIAL_KEY: {"at": "start" | "final_report" | "end", "seconds": S}, ...}'
+# makes those trials' rank 0 touch <work>/<key>/paused-<at> and sleep S seconds there: as
+# its worker starts, before it reports its final evaluation, or after its last report
+# (while the run ends), so that a test can interrupt the sweep at that moment.
 PAUSE_ENV = "CORRTUNE_TEST_PAUSE"
 
 
@@ -78,8 +78,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
     work_dir = Path(loop_config["work_dir"])
     out_dir = work_dir / f"rank{rank}"
     fault = loop_config.get("fault_at_iteration", 0)  # tests: workers that die once
-    pause = json.loads(os.environ.get(PAUSE_ENV, "{}"))
-    if rank != 0 or pause.get("key") != work_dir.name:
+    pause = json.loads(os.environ.get(PAUSE_ENV, "{}")).get(work_dir.name, {})
+    if rank != 0:
         pause = {}
     first_report = [True]
     ready_at = [started_at]
@@ -96,7 +96,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         if resume_from is not None:
             record = record | {"trial/resumed_from": resumed_at}
         if pause.get("at") == "final_report" and record.get("progress", 0) >= 1:
-            _pause(work_dir, pause)
+            _pause(work_dir, pause, stop_marker)
         if first_report[0]:  # where the trial's time goes (see TrackingCallback)
             first_report[0] = False
             record = record | {
@@ -116,6 +116,8 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 time.sleep(2.0)  # let the controller register the checkpoint just reported
                 os._exit(1)  # simulate a worker process dying (OOM kill, lost node)
 
+    if pause.get("at") == "start":
+        _pause(work_dir, pause, stop_marker)
     with contextlib.suppress(StopRequested):  # Tune stopped the trial: a normal end
         run_training(
             cfg,
@@ -127,15 +129,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             on_ready=on_ready,
         )
     if pause.get("at") == "end":
-        _pause(work_dir, pause)
+        _pause(work_dir, pause, stop_marker)
     if device.type == "cuda":  # hand the memory back before the next trial's workers start
         torch.cuda.empty_cache()
 
 
-def _pause(work_dir: Path, pause: dict[str, Any]) -> None:
+def _pause(work_dir: Path, pause: dict[str, Any], stop_marker: str) -> None:
+    """Wait there (tests); a stop of the trial ends the wait, as it would end real work."""
     work_dir.mkdir(parents=True, exist_ok=True)
     (work_dir / f"paused-{pause['at']}").touch()
-    time.sleep(float(pause["seconds"]))
+    deadline = time.time() + float(pause["seconds"])
+    while time.time() < deadline and not (stop_marker and marker_exists(stop_marker)):
+        time.sleep(0.2)
 
 
 def make_trainable(
@@ -212,7 +217,7 @@ class StopRequested(Exception):
 
 
 class StopsItsTrainRun:
-    """Mixin of the trial's Tune actor (Tune's ``__mixins__`` hook of function trainables):
+    """Mixin of the trial's Tune actor (added by ``ray_compat.with_mixins``):
     before Tune ends the actor, end its Ray Train run cleanly."""
 
     stop_marker = ""  # the running trial's marker (one trial at a time per actor)

@@ -90,3 +90,24 @@ def test_ledger_keeps_the_storage(tmp_path: Path) -> None:
     ledger = Ledger(tmp_path / "ledger.json", storage="/shared/ckpt")
     ledger.save()
     assert Ledger.load(tmp_path / "ledger.json").storage == "/shared/ckpt"
+
+
+def test_a_resumed_trial_logs_no_step_twice(tracker: SweepTracker, tmp_path: Path) -> None:
+    run_id = _child(tracker, "k1")
+    for step in (5, 10, 15):
+        assert tracker.log_trial_metrics("k1", {"progress": step / 20, "train/loss": 1.0}, step)
+    tracker.finish_child("k1", "KILLED")
+    # A new driver resumes the trial from its checkpoint at step 10: it reports 15 again.
+    again = SweepTracker(
+        uri=tracker.client.tracking_uri, experiment="t", ledger=Ledger.load(tmp_path / "ledger.json")
+    )
+    assert _child(again, "k1") == run_id
+    assert not again.log_trial_metrics("k1", {"progress": 0.75, "train/loss": 1.0}, 15)
+    assert again.log_trial_metrics("k1", {"progress": 1.0, "train/loss": 0.5}, 20)
+    steps = [m.step for m in again.client.get_metric_history(run_id, "train/loss")]
+    assert sorted(steps) == [5, 10, 15, 20]
+
+
+def test_experiments_open_as_model_training_in_the_mlflow_ui(tracker: SweepTracker) -> None:
+    tags = tracker.client.get_experiment(tracker.experiment_id).tags
+    assert tags["mlflow.experimentKind"] == "custom_model_development"

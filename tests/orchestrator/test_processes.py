@@ -1,0 +1,84 @@
+"""Processes corrtune starts end with it: the process-tree helpers, and `corrtune ui`
+stopped by SIGINT and by SIGTERM with its MLflow server and that server's workers."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from orchestrator.processes import alive, descendants, end_tree
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def test_end_tree_ends_a_process_and_everything_below_it() -> None:
+    # A shell with two children, one of which ignores SIGTERM (it gets SIGKILL).
+    script = "sleep 300 & (trap '' TERM; sleep 300) & wait"
+    parent = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    deadline = time.time() + 10
+    while len(descendants(parent.pid)) < 2 and time.time() < deadline:
+        time.sleep(0.05)
+    below = descendants(parent.pid)
+    assert len(below) >= 2 and all(alive(p) for p in below)
+    end_tree(parent.pid, timeout=2.0)
+    assert not alive(parent.pid)
+    assert not any(alive(p) for p in below)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_ui_ends_with_its_server_and_workers(sig: signal.Signals, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    # Its own session, so a failure below can still end everything by process group.
+    ui = subprocess.Popen(
+        [sys.executable, "-m", "orchestrator.cli", "ui", "--port", str(port)],
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2):
+                    break
+            except OSError:
+                assert ui.poll() is None and time.time() < deadline, "the UI did not start"
+                time.sleep(0.5)
+        tree = descendants(ui.pid)
+        assert len(tree) >= 2  # the MLflow server and its workers
+        ui.send_signal(sig)  # to corrtune alone, as a terminal or process manager would
+        assert ui.wait(timeout=60) == 130  # interrupted, by either signal
+        deadline = time.time() + 30
+        while any(alive(p) for p in tree) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not [p for p in tree if alive(p)], "processes outlived corrtune ui"
+        assert _port_free(port)
+    finally:
+        if ui.poll() is None:
+            os.killpg(ui.pid, signal.SIGKILL)
+        end_tree(ui.pid, timeout=2.0)
