@@ -18,8 +18,8 @@ from orchestrator.estimate import (
     sweep_estimate,
     timing_from_ledger,
 )
-from orchestrator.space import grid_plan, load_space, trial_config
 from orchestrator.ledger import Ledger
+from orchestrator.space import grid_plan, load_space, trial_config
 
 SPACE = """
 name: est

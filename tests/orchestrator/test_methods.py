@@ -9,8 +9,8 @@ import optuna
 import pytest
 
 from detectors.config import ConfigError
-from orchestrator.space import grid_plan, load_space, random_plan, static_plan, suggest_overrides
 from orchestrator.plan import describe_plan, plan_sweep
+from orchestrator.space import grid_plan, load_space, random_plan, static_plan, suggest_overrides
 
 DISTS = """
 name: demo

@@ -52,10 +52,11 @@ def test_mixins_become_base_classes_of_the_trial_actor() -> None:
 
 def test_the_quiet_progress_callback_prints_nothing(capsys: pytest.CaptureFixture) -> None:
     class Trial:  # what the callback reads of a Tune trial
-        last_result = {"done": True, "training_iteration": 3}
-        config: dict = {}
-        evaluated_params: dict = {}
-        trial_id = "t1"
+        def __init__(self) -> None:
+            self.last_result = {"done": True, "training_iteration": 3}
+            self.config: dict = {}
+            self.evaluated_params: dict = {}
+            self.trial_id = "t1"
 
         def __str__(self) -> str:
             return "trainable_t1"

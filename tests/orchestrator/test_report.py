@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.ledger import Ledger
 from orchestrator.report import mean_ci, report_sweep, write_report
 from orchestrator.space import grid_plan, load_space
-from orchestrator.ledger import Ledger
 
 SPACE = """
 name: rep

@@ -98,7 +98,7 @@ def test_a_changed_space_names_what_changed_and_what_is_kept(tmp_path: Path) -> 
     assert "1 finished trial(s) kept" in text
     assert "delete" not in text.lower()  # never advises throwing the state away
     # The preset is part of the space's definition: another one is a change too.
-    with pytest.raises(ConfigError, match="base: \"smoke\" -> \"tiny\""):
+    with pytest.raises(ConfigError, match='base: "smoke" -> "tiny"'):
         check_space(load_space(path, preset="tiny"), ledger, folder, tmp_path)
 
 

@@ -61,7 +61,9 @@ def test_repeats_add_seeds_and_keys_are_stable(tmp_path: Path) -> None:
     assert sorted({t.repeat for t in plan}) == [0, 1, 2]
     assert [t.key for t in plan] == [t.key for t in grid_plan(space)]
     # Repeat r of every configuration trains with the base seed + r (paired seeds).
-    seeds = {(t.repeat, trial_config(space, t.overrides, repeat=t.repeat).train.seed) for t in plan}
+    seeds = {
+        (t.repeat, trial_config(space, t.overrides, repeat=t.repeat).train.seed) for t in plan
+    }
     assert seeds == {(0, 0), (1, 1), (2, 2)}
     shifted = trial_config(space, plan[0].overrides, {"train.seed": 10}, repeat=2)
     assert shifted.train.seed == 12  # --set train.seed shifts every repeat's seed

@@ -99,7 +99,9 @@ def test_a_resumed_trial_logs_no_step_twice(tracker: SweepTracker, tmp_path: Pat
     tracker.finish_child("k1", "KILLED")
     # A new driver resumes the trial from its checkpoint at step 10: it reports 15 again.
     again = SweepTracker(
-        uri=tracker.client.tracking_uri, experiment="t", ledger=Ledger.load(tmp_path / "ledger.json")
+        uri=tracker.client.tracking_uri,
+        experiment="t",
+        ledger=Ledger.load(tmp_path / "ledger.json"),
     )
     assert _child(again, "k1") == run_id
     assert not again.log_trial_metrics("k1", {"progress": 0.75, "train/loss": 1.0}, 15)
