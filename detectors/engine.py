@@ -102,11 +102,21 @@ def to_device(targets: list[dict[str, Any]], device: torch.device) -> list[dict[
 
 
 # ---------------------------------------------------------------------------- evaluation
+# Resamples of the validation images behind the final evaluation's ``AP_boot_sd``.
+BOOTSTRAP_SAMPLES = 200
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: DataLoader, dataset: Any, device: torch.device
+    model: nn.Module,
+    loader: DataLoader,
+    dataset: Any,
+    device: torch.device,
+    *,
+    bootstrap: int = 0,
 ) -> dict[str, float]:
-    """COCO AP, β_img, β_cls, AP bounds and oLRP of ``model`` on ``loader``'s dataset.
+    """COCO AP, β_img, β_cls, AP bounds and oLRP of ``model`` on ``loader``'s dataset (and,
+    with ``bootstrap`` resamples, the evaluation-set noise of AP: ``AP_boot_sd``...).
 
     Detections are mapped back to original image pixels (``boxes / scale``) and given the
     dataset's COCO category ids, so they are scored against ``dataset.coco`` as-is.
@@ -132,7 +142,7 @@ def evaluate(
                 )
             pairs.append((out["pos_scores"].cpu().numpy(), out["pos_ious"].cpu().numpy()))
     net.train(was_training)
-    metrics = evaluate_detections(dataset.coco, detections, pairs)
+    metrics = evaluate_detections(dataset.coco, detections, pairs, bootstrap=bootstrap)
     if isinstance(dataset, VOCDataset):  # VOC's own measure: difficult objects ignored
         metrics["VOC_mAP"] = voc_map(dataset.coco, detections)["mAP"]
         metrics["VOC07_mAP"] = voc_map(dataset.coco, detections, use_07_metric=True)["mAP"]
@@ -532,7 +542,9 @@ def run_training(
     def evaluate_fn(trainer: Trainer) -> dict[str, float]:
         if rank != 0:
             return {}
-        return evaluate(trainer.model, val_loader, val_set, device)
+        # The last evaluation also measures how much AP would move on other images.
+        bootstrap = BOOTSTRAP_SAMPLES if trainer.last_step else 0
+        return evaluate(trainer.model, val_loader, val_set, device, bootstrap=bootstrap)
 
     checkpointing = Checkpointing(directory=out_dir, every=cfg.train.checkpoint_every, cfg=cfg)
     reporting = Reporting(report or (lambda record, ckpt: None))

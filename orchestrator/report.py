@@ -1,145 +1,59 @@
 """Sweep reports under ``results/<space name>/``, rebuilt from the sweep's ledger.
 
-- ``summary.md``: the paper-style table (one row per configuration, mean ± 95% confidence
-  interval over repeats, best value per column in bold), a pivot of the objective when the
-  space varies two parameters (rows × columns, as in the papers' tables), cost (wall time,
-  GPU-hours per trial and per sweep) and every trial.
+- ``summary.md``: the effects against the control (paired differences with their 95%
+  intervals, tests and verdicts: :mod:`orchestrator.effects`), the seed noise beside the
+  evaluation-set noise, the paper-style table (one row per configuration, mean ± 95%
+  confidence interval over seeds, best value per column in bold), a pivot of the objective
+  when the space varies two parameters (rows × columns, as in the papers' tables), the
+  parameters' importance (fANOVA), cost (wall time, GPU-hours per trial and per sweep) and
+  every trial.
+- ``effects.csv``: one row per arm and metric (the columns of ``effects.CSV_COLUMNS``).
 - ``trials.parquet``: one row per trial (parameters, status, run id, every final metric).
-- PNG plots: the objective against λ_corr (or the space's first numeric parameter) with CI
-  bands, β_cls against AP, and bars per configuration with CI whiskers.
+- PNG plots: a forest plot of the effects on the objective, the objective against λ_corr
+  (or the space's first numeric parameter) with CI bands, β_cls against AP, and bars per
+  configuration with CI whiskers.
 
 Every file is written to a temporary name and renamed, so a crash never leaves half a file.
 """
 
 from __future__ import annotations
 
-import json
+import csv
+import io
 import math
 import os
 import statistics
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from detectors.config import ConfigError, ExperimentConfig
+from orchestrator import effects as fx
+from orchestrator.importance import parameter_importance
 from orchestrator.ledger import Ledger, ledger_path
 from orchestrator.plan import plan_sweep
+from orchestrator.results import (
+    BOOTSTRAPPED,
+    COST_METRICS,
+    LOWER_IS_BETTER,
+    TABLE_METRICS,
+    ConfigStats,
+    SeedNoise,
+    TrialRow,
+    arms,
+    config_table,
+    seed_noise,
+    trial_rows,
+)
+from orchestrator.results import best_index as best_index
+from orchestrator.results import mean_ci as mean_ci
+from orchestrator.results import value_text as _value
 from orchestrator.space import PlannedTrial, Space, load_space, short_name
-
-# Final metrics shown in the tables, and whether lower is better for each.
-TABLE_METRICS = ("AP", "AP50", "AP75", "beta_img", "beta_cls", "oLRP")
-COST_METRICS = ("train_time_s", "trial_wall_s", "gpu_hours")
-LOWER_IS_BETTER = {"oLRP", "oLRP_Loc", "oLRP_FP", "oLRP_FN", *COST_METRICS}
-SEED_KEY = "train.seed"
-
-
-# ------------------------------------------------------------------------- statistics
-def mean_ci(values: Iterable[float], confidence: float = 0.95) -> tuple[float, float, int]:
-    """Mean and the half-width of its Student-t confidence interval over repeats.
-
-    ``half = t((1 + confidence) / 2, n − 1) · s / √n`` with ``s`` the sample standard
-    deviation (n − 1). NaN values are dropped; the half-width is NaN for fewer than two.
-    Returns ``(mean, half_width, n)``.
-    """
-    from scipy import stats
-
-    finite = [float(v) for v in values if v is not None and math.isfinite(v)]
-    n = len(finite)
-    if n == 0:
-        return float("nan"), float("nan"), 0
-    mean = statistics.fmean(finite)
-    if n < 2:
-        return mean, float("nan"), 1
-    s = statistics.stdev(finite)
-    t = float(stats.t.ppf((1 + confidence) / 2, n - 1))
-    return mean, t * s / math.sqrt(n), n
-
-
-# ------------------------------------------------------------------------- the rows
-@dataclass(frozen=True)
-class TrialRow:
-    key: str
-    overrides: dict[str, Any]  # parameter values of this trial (and train.seed)
-    repeat: int
-    status: str  # FINISHED / STOPPED (early, by ASHA) / FAILED / KILLED / RUNNING / NOT RUN
-    run_id: str
-    metrics: dict[str, float]
-
-    @property
-    def config_label(self) -> str:
-        shown = {k: v for k, v in self.overrides.items() if k != SEED_KEY}
-        keys = list(shown)
-        return ", ".join(f"{short_name(k, keys)}={_value(v)}" for k, v in shown.items()) or "base"
-
-
-def trial_rows(
-    space: Space, ledger: Ledger, plan: list[tuple[PlannedTrial, ExperimentConfig]] | None = None
-) -> list[TrialRow]:
-    """Every planned trial (in plan order) and every trial the ledger knows (TPE)."""
-    planned = {t.key: t for t, _ in plan or []}
-    keys = list(planned) + [k for k in ledger.trials if k not in planned]
-    rows = []
-    for key in keys:
-        entry = ledger.trials.get(key, {})
-        trial = planned.get(key)
-        overrides = dict(entry.get("overrides") or (trial.overrides if trial else {}))
-        repeat = trial.repeat if trial else int(overrides.get(SEED_KEY, 0))
-        rows.append(
-            TrialRow(
-                key=key,
-                overrides=overrides,
-                repeat=repeat,
-                status=str(entry.get("status", "NOT RUN")),
-                run_id=str(entry.get("run_id", "")),
-                metrics={k: float(v) for k, v in entry.get("metrics", {}).items()},
-            )
-        )
-    return rows
-
-
-@dataclass(frozen=True)
-class ConfigStats:
-    """One configuration (a row of the paper table): its values and per-metric stats."""
-
-    values: dict[str, Any]  # parameter -> value ("–" where the parameter did not apply)
-    stats: dict[str, tuple[float, float, int]]  # metric -> (mean, CI half-width, n)
-
-
-def config_table(space: Space, rows: list[TrialRow], metrics: Iterable[str]) -> list[ConfigStats]:
-    """Finished trials grouped by configuration (all but the seed), in first-seen order."""
-    groups: dict[str, list[TrialRow]] = {}
-    for row in rows:
-        if row.status != "FINISHED":
-            continue
-        values = {p.key: row.overrides.get(p.key, "–") for p in space.parameters}
-        groups.setdefault(json.dumps(values, sort_keys=True, default=str), []).append(row)
-    out = []
-    for members in groups.values():
-        values = {p.key: members[0].overrides.get(p.key, "–") for p in space.parameters}
-        stats = {m: mean_ci(r.metrics.get(m, float("nan")) for r in members) for m in metrics}
-        out.append(ConfigStats(values, stats))
-    return out
-
-
-def best_index(table: list[ConfigStats], metric: str) -> int | None:
-    means = [(c.stats[metric][0], i) for i, c in enumerate(table)]
-    means = [(m, i) for m, i in means if math.isfinite(m)]
-    if not means:
-        return None
-    pick = min if metric in LOWER_IS_BETTER else max
-    return pick(means)[1]
 
 
 # ------------------------------------------------------------------------- markdown
-def _value(value: Any) -> str:
-    """0.0 stays "0.0" (as written in the space); long sampled floats get 4 digits."""
-    if isinstance(value, float) and len(str(value)) > 8:
-        return f"{value:.4g}"
-    return str(value)
-
-
 def _cell(mean: float, half: float, n: int, bold: bool = False) -> str:
     if n == 0 or not math.isfinite(mean):
         return "–"
@@ -203,7 +117,7 @@ def trials_table(space: Space, rows: list[TrialRow]) -> list[str]:
     for row in rows:
         cells = [row.key, *(_value(row.overrides.get(k, "–")) for k in keys)]
         if space.repeats > 1:
-            cells.append(_value(row.overrides.get(SEED_KEY, row.repeat)))
+            cells.append("–" if row.seed is None else str(row.seed))
         cells.append(row.status)
         cells += [_cell(row.metrics.get(m, float("nan")), float("nan"), 1) for m in metrics]
         body.append(cells)
@@ -268,7 +182,11 @@ def _numeric_axis(space: Space) -> str | None:
 
 
 def write_plots(
-    space: Space, rows: list[TrialRow], table: list[ConfigStats], out: Path
+    space: Space,
+    rows: list[TrialRow],
+    table: list[ConfigStats],
+    out: Path,
+    effects: list[fx.PairedEffect] | None = None,
 ) -> list[Path]:
     """The PNG figures this space supports; returns their paths."""
     import matplotlib
@@ -284,6 +202,21 @@ def write_plots(
         _atomic(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"))
         plt.close(fig)
         written.append(path)
+
+    primary = fx.ranked(effects or [], space.metric, space.metric in LOWER_IS_BETTER)
+    if primary:
+        fig, ax = plt.subplots(figsize=(6, 0.45 * len(primary) + 1.4))
+        colours = {fx.BETTER: "tab:green", fx.WORSE: "tab:red"}
+        for y, e in enumerate(reversed(primary)):
+            colour = colours.get(e.verdict, "tab:gray")
+            if math.isfinite(e.ci_low):
+                ax.plot([e.ci_low, e.ci_high], [y, y], color=colour, lw=2)
+            ax.plot([e.diff], [y], "o", color=colour)
+        ax.axvline(0.0, color="black", lw=0.8)
+        ax.set_yticks(range(len(primary)), [e.arm for e in reversed(primary)], fontsize=7)
+        ax.set_xlabel(f"{space.metric}: arm − control (mean of paired seeds, 95% CI)")
+        ax.set_title(f"{space.name}: effects against the control", fontsize=9)
+        save(fig, f"{space.metric}_effects.png")
 
     axis = _numeric_axis(space)
     if axis is not None and table:
@@ -373,22 +306,212 @@ def time_breakdown(done: list[TrialRow]) -> list[str]:
     return [f"- Per finished trial (medians): {'; '.join(parts)}"] if parts else []
 
 
+@dataclass(frozen=True)
+class Report:
+    """What a report wrote, and the effects it found (the sweep prints and logs those)."""
+
+    summary: Path
+    effects_csv: Path | None
+    effects: list[fx.PairedEffect]
+    arms: list[fx.Arm]
+
+
+def compute_effects(
+    space: Space, rows: list[TrialRow]
+) -> tuple[list[fx.Arm], list[fx.PairedEffect]]:
+    """Every arm against its control on every table metric (none without a control)."""
+    found = arms(space, rows)
+    metrics = list(dict.fromkeys([space.metric, *TABLE_METRICS, *COST_METRICS]))
+    return found, fx.compare(found, metrics, space.metric, LOWER_IS_BETTER)
+
+
+def write_effects_csv(effects: list[fx.PairedEffect], path: Path) -> None:
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(fx.CSV_COLUMNS), lineterminator="\n")
+    writer.writeheader()
+    for effect in effects:
+        writer.writerow(effect.row())
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _num(value: float, digits: int = 4, sign: bool = False) -> str:
+    if not math.isfinite(value):
+        return "–"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def effects_section(
+    space: Space, found: list[fx.Arm], effects: list[fx.PairedEffect], noise: list[SeedNoise]
+) -> list[str]:
+    """The "Effects against the control" section of summary.md."""
+    lines = ["## Effects against the control", ""]
+    if not space.control:
+        return [*lines, "The space declares no `control`: nothing to compare against.", ""]
+    shown = ", ".join(f"{k}={_value(v)}" for k, v in space.control.items())
+    lines += [
+        f"Control: {shown}. Each configuration is compared with the one equal to it but for "
+        "the control's values, seed by seed (repeat r of every configuration trains with the "
+        "same seed: initialisation, data order, augmentation). Difference = arm − control; "
+        "95% Student-t interval of the paired difference; p: paired t-test; p_perm: exact "
+        "sign-flip permutation test; p (Holm): adjusted across the arms for "
+        f"`{space.metric}`, and the verdict at α = 0.05 on it; MDE80: the smallest difference "
+        "a paired t-test at α = 0.05 on these seeds detects 80% of the time, at the observed "
+        "spread of the differences.",
+        "",
+    ]
+    if not found:
+        return [*lines, "No arm has finished trials yet.", ""]
+    primary = fx.ranked(effects, space.metric, space.metric in LOWER_IS_BETTER)
+    most = max((e.n for e in primary), default=0)
+    if most < 2:
+        lines += [
+            "**One seed per configuration: no interval, no test and no verdict can be given** "
+            "(the seed-to-seed spread is unknown). Two seeds are the least that give one; "
+            "three or more make a difference of the size seeds themselves cause detectable "
+            "(`corrtune sweep ... --repeats 3 --resume` runs only the new seeds).",
+            "",
+        ]
+    header = ["arm", "n", "control", "arm", "difference", "95% CI", "p", "p_perm", "p (Holm)"]
+    body = []
+    for e in primary:
+        body.append(
+            [
+                e.arm,
+                str(e.n),
+                _num(e.control_mean),
+                _num(e.arm_mean),
+                _num(e.diff, sign=True),
+                f"[{_num(e.ci_low, sign=True)}, {_num(e.ci_high, sign=True)}]"
+                if math.isfinite(e.ci_low)
+                else "–",
+                _num(e.p_value, 3),
+                _num(e.p_perm, 3),
+                _num(e.p_holm, 3),
+                e.verdict or "–",
+                _num(e.mde80),
+            ]
+        )
+    lines += [f"`{space.metric}` ({space.goal}), best first:", ""]
+    lines += _markdown([*header, "verdict", "MDE80"], body)
+    lines.append("")
+    needs = []
+    for e in primary:
+        if e.n >= 2 and math.isfinite(e.sd) and e.verdict == fx.NO_DIFFERENCE:
+            seeds = fx.seeds_needed(e.diff, e.sd)
+            more = f"{seeds}" if seeds <= 1000 else "more than 1000"
+            needs.append(f"- {e.arm}: a true difference of {e.diff:+.4f} needs {more} seeds")
+    if needs:
+        lines += [
+            "Seeds a difference of the observed size would need to be detected (80% power, "
+            "at the observed spread):",
+            "",
+            *needs,
+            "",
+        ]
+    others = [m for m in dict.fromkeys([*TABLE_METRICS, *COST_METRICS]) if m != space.metric]
+    body = []
+    for metric in others:
+        for e in fx.ranked(effects, metric, metric in LOWER_IS_BETTER):
+            body.append(
+                [
+                    metric,
+                    e.arm,
+                    str(e.n),
+                    _num(e.diff, sign=True),
+                    f"[{_num(e.ci_low, sign=True)}, {_num(e.ci_high, sign=True)}]"
+                    if math.isfinite(e.ci_low)
+                    else "–",
+                    _num(e.p_value, 3),
+                ]
+            )
+    if body:
+        lines += [
+            "The other metrics (lower is better for oLRP and costs; unadjusted p, no "
+            "verdicts: the study's question is its primary metric):",
+            "",
+            *_markdown(["metric", "arm", "n", "difference", "95% CI", "p"], body),
+            "",
+        ]
+    lines += noise_section(noise)
+    lines.append("All rows: `effects.csv`.")
+    lines.append("")
+    return lines
+
+
+def noise_section(noise: list[SeedNoise]) -> list[str]:
+    if not noise:
+        return [
+            "Seed noise: the control needs two or more finished seeds to measure it.",
+            "",
+        ]
+    body = [
+        [
+            n.control,
+            n.metric,
+            str(n.n),
+            _num(n.seed_sd),
+            _num(n.eval_sd),
+            n.dominant or "–",
+        ]
+        for n in noise
+    ]
+    return [
+        "### Seed noise and evaluation-set noise",
+        "",
+        "Seed SD: standard deviation over the control's seeds. Evaluation-set SD: how much "
+        "the same run's metric would move on another draw of the validation images "
+        "(bootstrap over images of each run's final detections; median over the control's "
+        f"runs; measured for {', '.join(BOOTSTRAPPED)}).",
+        "",
+        *_markdown(["control", "metric", "seeds", "seed SD", "eval-set SD", "larger"], body),
+        "",
+    ]
+
+
+def importance_section(space: Space, rows: list[TrialRow]) -> tuple[list[str], dict[str, float]]:
+    importance = parameter_importance(space, rows)
+    if not importance:
+        return [], {}
+    body = [[key, f"{value:.3f}"] for key, value in importance.items()]
+    return [
+        "## Parameter importance",
+        "",
+        f"fANOVA importance of `{space.metric}` over the finished trials (Optuna's "
+        "FanovaImportanceEvaluator; parameters that did not apply count as their own value).",
+        "",
+        *_markdown(["parameter", "importance"], body),
+        "",
+    ], importance
+
+
 def write_report(
     space: Space,
     ledger: Ledger,
     results_dir: Path,
     *,
     plan: list[tuple[PlannedTrial, ExperimentConfig]] | None = None,
-) -> Path:
-    """Write ``results/<name>/`` (summary.md, trials.parquet, plots); return summary.md."""
+) -> Report:
+    """Write ``results/<name>/`` (summary.md, effects.csv, trials.parquet, plots)."""
     out = results_dir / space.name
     rows = trial_rows(space, ledger, plan)
     metrics = list(dict.fromkeys([space.metric, *TABLE_METRICS]))
     table = config_table(space, rows, [*metrics, *COST_METRICS])
     done = [r for r in rows if r.status == "FINISHED"]
     stopped = sum(r.status == "STOPPED" for r in rows)
+    found, effects = compute_effects(space, rows)
+    noise = seed_noise(space, rows, metrics)
+    effects_csv = None
+    if space.control:
+        effects_csv = out / "effects.csv"
+        write_effects_csv(effects, effects_csv)
     write_parquet(space, rows, out / "trials.parquet")
-    plots = write_plots(space, rows, table, out)
+    plots = write_plots(space, rows, table, out, effects)
+    importance_lines, importance = importance_section(space, rows)
+    if importance:
+        write_text_atomic(
+            out / "importance.csv",
+            "parameter,importance\n" + "".join(f"{k},{v}\n" for k, v in importance.items()),
+        )
     trial_wall = sum(r.metrics.get("trial_wall_s", 0.0) for r in rows)
     gpu_hours = sum(r.metrics.get("gpu_hours", 0.0) for r in rows)
     body = [
@@ -404,10 +527,13 @@ def write_report(
             if stopped
             else ""
         )
-        + f"; {space.repeats} repeat(s) per configuration.",
+        + f"; {space.repeats} seed(s) per configuration.",
         "",
-        "Mean ± half-width of the 95% Student-t confidence interval over repeats "
-        "(no ± with one repeat); best per column in **bold**.",
+        *effects_section(space, found, effects, noise),
+        "## Configurations",
+        "",
+        "Mean ± half-width of the 95% Student-t confidence interval over seeds "
+        "(no ± with one seed); best per column in **bold**.",
         "",
         *paper_table(space, table, [*metrics, *COST_METRICS]),
         "",
@@ -415,6 +541,7 @@ def write_report(
     pivot = pivot_table(space, table, space.metric)
     if pivot:
         body += [*pivot, ""]
+    body += importance_lines
     body += [
         "## Cost",
         "",
@@ -436,7 +563,7 @@ def write_report(
     ]
     path = out / "summary.md"
     write_text_atomic(path, "\n".join(body))
-    return path
+    return Report(path, effects_csv, effects, found)
 
 
 def report_sweep(space_or_name: str | Path, *, preset: str | None, workdir: Path) -> Path:
@@ -462,4 +589,4 @@ def report_sweep(space_or_name: str | Path, *, preset: str | None, workdir: Path
         path, preset=preset or recorded.get("preset"), repeats=ledger.repeats or None
     )
     plan = plan_sweep(space, dict(recorded.get("overrides") or {}))
-    return write_report(space, ledger, workdir / "results", plan=plan)
+    return write_report(space, ledger, workdir / "results", plan=plan).summary

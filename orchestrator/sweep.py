@@ -22,11 +22,14 @@ from detectors.config import ConfigError
 from orchestrator import ray_compat, ray_runtime, resume
 from orchestrator.budget import budget_spent, trial_cost
 from orchestrator.callbacks import TrackingCallback
+from orchestrator.effects import describe, ranked
 from orchestrator.experiment import build_scheduler, build_searcher, build_tuner
 from orchestrator.ledger import Ledger, ledger_path, sweep_dir
 from orchestrator.options import SweepOptions
 from orchestrator.plan import Plan, describe_plan, plan_sweep, trials_at_once
 from orchestrator.progress import SweepProgress
+from orchestrator.report import Report, write_report
+from orchestrator.results import LOWER_IS_BETTER
 from orchestrator.space import Space, load_space, trial_config
 from orchestrator.tracking import SweepTracker, code_version, tracking_uri
 from orchestrator.trial import TrialResolver, make_trainable, trial_ray_settings
@@ -204,9 +207,24 @@ def _run(sweep: _Sweep) -> SweepResult:
             ),
         },
     )
-    summary = _write_report(sweep)
+    report = _write_report(sweep)
+    if report is not None:
+        _say_effects(sweep, report)
+        tracker.log_effects(report.effects, report.arms, report.effects_csv)
     printer(_last_line(sweep, status, failed))
+    summary = report.summary if report is not None else None
     return SweepResult(space.name, parent_id, ledger.trials, wall, summary, status, failed)
+
+
+def _say_effects(sweep: _Sweep, report: Report) -> None:
+    """The primary metric's effects against the control, best first, one line each."""
+    space = sweep.space
+    if not report.arms:
+        return
+    lower = space.metric in LOWER_IS_BETTER
+    sweep.printer(f"effects against the control ({space.metric}, arm − control, paired seeds):")
+    for effect in ranked(report.effects, space.metric, lower):
+        sweep.printer("  " + describe(effect))
 
 
 def _last_line(sweep: _Sweep, status: str, failed: list[str]) -> str:
@@ -227,12 +245,10 @@ def _last_line(sweep: _Sweep, status: str, failed: list[str]) -> str:
     return f"sweep {sweep.space.name!r} finished: {done} trial(s)"
 
 
-def _write_report(sweep: _Sweep) -> Path | None:
+def _write_report(sweep: _Sweep) -> Report | None:
     """The end-of-sweep report. The runs are safe in MLflow and the ledger by now, so a
     report that cannot be written is a one-line warning naming the command that retries it,
     never a failed sweep."""
-    from orchestrator.report import write_report
-
     opts = sweep.opts
     results = opts.results_dir or opts.workdir / "results"
     try:
@@ -245,7 +261,7 @@ def _write_report(sweep: _Sweep) -> Path | None:
             f"the runs are saved: retry with: corrtune report {sweep.space_path}{preset}"
         )
         return None
-    sweep.printer(f"report: {summary.parent}")
+    sweep.printer(f"report: {summary.summary.parent}")
     return summary
 
 

@@ -21,6 +21,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from detectors import jsonio
+from orchestrator.effects import Arm, PairedEffect
 from orchestrator.ledger import Ledger
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
@@ -219,6 +220,20 @@ class SweepTracker:
         if closed:
             self.ledger.save()
         return sorted(set(closed))
+
+    def log_effects(
+        self, effects: list[PairedEffect], arms: list[Arm], csv_path: Path | None
+    ) -> None:
+        """The effects table as an artifact of the parent run, and on each arm's child runs
+        ``effect/<metric>``: the arm's mean paired difference (the UI sorts by it)."""
+        if csv_path is not None and csv_path.exists():
+            self.client.log_artifact(self.ledger.parent_run_id, str(csv_path))
+        for arm in arms:
+            mine = {f"effect/{e.metric}": e.diff for e in effects if e.arm == arm.label}
+            for key in arm.trials:
+                entry = self.ledger.trials.get(key)
+                if entry and entry.get("run_id"):
+                    self.log_metrics(entry["run_id"], mine)
 
     # ------------------------------------------------------------------------ logging
     def log_trial_metrics(self, key: str, metrics: dict[str, Any], step: int) -> bool:

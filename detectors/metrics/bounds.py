@@ -1,11 +1,16 @@
-"""AP⁺¹ and AP⁻¹: the COCO AP the same boxes would get under perfect (or reversed) ranking.
+"""AP⁺¹ and AP⁻¹: the COCO AP the same detections would get under perfect (or reversed)
+ranking of their true positives by IoU.
 
-Every box stays, and so does the multiset of scores of each class; only the true positives
-(COCO matching at IoU 0.5, all areas) trade scores among themselves so that their order by
-score follows their IoU (upper bound, AP⁺¹) or the reverse of it (lower bound, AP⁻¹). COCO AP
-is then evaluated again from scratch, matching included: at the higher thresholds a re-ranked
-box can take a ground truth another box held before. The gap AP⁺¹ − AP is what better
-score-IoU correlation alone could still gain (Kahraman et al., Correlation Loss).
+Every box stays, and so does every detection's match at every IoU threshold, as the
+original evaluation made it (true positive, false positive or ignored). Only the true
+positives at IoU 0.5 (all areas) of each class trade places in the evaluation's ranking
+(ties included, as it broke them) so that their order follows their IoU (upper bound, AP⁺¹)
+or its reverse (lower bound, AP⁻¹); the precision-recall curves are accumulated again in
+that order. So AP⁻¹ ≤ AP ≤ AP⁺¹ at every threshold by construction, and at 0.5 all three are
+equal (the true positives only trade places among themselves). Re-running the matching after
+re-ranking instead would let a duplicate take over a match and can put the "lower" bound
+above AP (seen on real data). The gap AP⁺¹ − AP is what better score-IoU correlation alone
+could still gain (Kahraman et al., Correlation Loss).
 """
 
 from __future__ import annotations
@@ -16,13 +21,12 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from detectors.metrics.coco import accumulate_precision, summarize_precision
+from detectors.metrics.coco import accumulate_precision, evaluation_order, summarize_precision
 from detectors.metrics.coco_io import Detections, GroundTruth
-from detectors.metrics.correlation import class_true_positives
 from detectors.metrics.matching import (
     AREA_RANGES,
     IOU_THRESHOLDS,
-    Candidates,
+    MatchResult,
     find_candidates,
     match_detections,
 )
@@ -51,28 +55,35 @@ def rescore_true_positives(
     return rescored
 
 
-def bound_summaries(
-    dets: Detections,
-    gt: GroundTruth,
-    candidates: Candidates,
-    tp_rows: np.ndarray,
-    tp_ious: np.ndarray,
-) -> dict[str, float]:
-    """AP, AP50, AP75 after re-ranking the true positives both ways.
+def ranking_places(dets: Detections, kept: np.ndarray) -> np.ndarray:
+    """[D] distinct stand-in scores that rank the kept detections exactly as the evaluation
+    ranks them (minus each one's place in its category's order; -inf for the others)."""
+    order = evaluation_order(dets, dets.scores, np.flatnonzero(kept))
+    places = np.full(len(dets), -np.inf)
+    places[order] = -np.arange(len(order), dtype=np.float64)
+    return places
 
-    ``candidates`` must hold the pairs with IoU >= 0.5; keys ``AP_upper``, ``AP50_upper``,
-    ``AP75_upper`` and the same with ``_lower``.
+
+def bound_summaries(
+    dets: Detections, gt: GroundTruth, match: MatchResult, tp_rows: np.ndarray, tp_ious: np.ndarray
+) -> dict[str, float]:
+    """AP, AP50, AP75 after re-ranking the true positives both ways, keeping ``match``.
+
+    ``match``: the original evaluation's matching (its first area range must be "all");
+    ``tp_rows``/``tp_ious``: its true positives at IoU 0.5 and their IoUs. Keys
+    ``AP_upper``, ``AP50_upper``, ``AP75_upper`` and the same with ``_lower``.
     """
+    all_areas = match.first_area()
+    # The true positives trade places in the evaluation's ranking (ties broken as it broke
+    # them), not raw scores: equal scores could otherwise reorder a true positive and a
+    # false positive, and AP50 would move.
+    places = ranking_places(dets, match.kept)
     bounds: dict[str, float] = {}
-    all_areas = [AREA_RANGES["all"]]
     for suffix, follow_iou in (("upper", True), ("lower", False)):
         scores = rescore_true_positives(
-            dets.scores, tp_rows, tp_ious, dets.category_index, follow_iou=follow_iou
+            places, tp_rows, tp_ious, dets.category_index, follow_iou=follow_iou
         )
-        match = match_detections(
-            dets, gt, candidates, scores, iou_thresholds=IOU_THRESHOLDS, area_ranges=all_areas
-        )
-        precision = accumulate_precision(dets, gt, match, scores, all_areas)
+        precision = accumulate_precision(dets, gt, all_areas, scores, [AREA_RANGES["all"]])
         for key, value in summarize_precision(precision).items():
             bounds[f"{key}_{suffix}"] = value
     return bounds
@@ -87,5 +98,13 @@ def ap_bounds(coco_gt: COCO, detections: Sequence[Mapping[str, Any]]) -> dict[st
     gt = GroundTruth.from_coco(coco_gt)
     dets = Detections.from_list(detections, gt)
     candidates = find_candidates(dets, gt, float(IOU_THRESHOLDS.min()))
-    tp_rows, tp_ious = class_true_positives(dets, gt, candidates, 0.5)
-    return bound_summaries(dets, gt, candidates, tp_rows, tp_ious)
+    match = match_detections(
+        dets,
+        gt,
+        candidates,
+        dets.scores,
+        iou_thresholds=IOU_THRESHOLDS,
+        area_ranges=[AREA_RANGES["all"]],
+    )
+    tp_rows = np.flatnonzero(match.true_positive[0, 0])
+    return bound_summaries(dets, gt, match, tp_rows, match.iou[tp_rows])

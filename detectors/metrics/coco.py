@@ -51,20 +51,32 @@ def accumulate_precision(
     match: MatchResult,
     scores: np.ndarray,
     area_ranges: Sequence[tuple[float, float]],
+    image_weights: np.ndarray | None = None,
 ) -> np.ndarray:
     """Interpolated precision [T, R, K, A] at the recall thresholds, as ``COCOeval.accumulate``.
 
-    -1 where a category has no non-ignored ground truth in an area range.
+    -1 where a category has no non-ignored ground truth in an area range. ``image_weights``
+    [I] (non-negative integers; default all 1) counts each image that many times, as if the
+    dataset held that many copies of it: a bootstrap resample of the images.
     """
     num_thr, num_area, num_cat = match.matched.shape[0], len(area_ranges), gt.num_categories
     precision = -np.ones((num_thr, len(RECALL_THRESHOLDS), num_cat, num_area))
     order = evaluation_order(dets, scores, np.flatnonzero(match.kept))
+    det_weight = None if image_weights is None else image_weights[dets.image_index[order]]
+    gt_weight = None if image_weights is None else image_weights[gt.image_index]
     true_pos = match.true_positive[:, :, order]  # [T, A, n]
     false_pos = match.false_positive[:, :, order]
+    if det_weight is not None:
+        true_pos = true_pos * det_weight  # counts, no longer flags
+        false_pos = false_pos * det_weight
     cat_bounds = np.searchsorted(dets.category_index[order], np.arange(num_cat + 1))
     for a, (low, high) in enumerate(area_ranges):
         regular = ~gt.crowd & (gt.areas >= low) & (gt.areas <= high)
-        num_regular = np.bincount(gt.category_index[regular], minlength=num_cat)
+        num_regular = np.bincount(
+            gt.category_index[regular],
+            weights=None if gt_weight is None else gt_weight[regular],
+            minlength=num_cat,
+        )
         for k in range(num_cat):
             if num_regular[k] == 0:
                 continue

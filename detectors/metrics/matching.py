@@ -141,6 +141,16 @@ class MatchResult:
         """[T, A, D] bool: kept, unmatched and not ignored (pycocotools' ``fps``)."""
         return self.kept & ~self.matched & ~self.ignored
 
+    def first_area(self) -> MatchResult:
+        """The same matching restricted to its first area range (``[T, 1, D]`` arrays)."""
+        return MatchResult(
+            kept=self.kept,
+            matched=self.matched[:, :1],
+            ignored=self.ignored[:, :1],
+            iou=self.iou,
+            gt_row=self.gt_row,
+        )
+
 
 def rank_in_group(scores: np.ndarray, group: np.ndarray) -> np.ndarray:
     """[D] 0-based position of each detection within its group by decreasing score.

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
+from detectors.metrics.bootstrap import bootstrap_sd
 from detectors.metrics.bounds import bound_summaries
 from detectors.metrics.coco import native_precision, summarize_precision
 from detectors.metrics.coco_io import Detections, GroundTruth
@@ -25,6 +26,8 @@ def evaluate_detections(
     coco_gt: COCO,
     detections: Sequence[Mapping[str, Any]],
     pre_nms_pairs: Iterable[tuple[Any, Any]] | None = None,
+    *,
+    bootstrap: int = 0,
 ) -> dict[str, float]:
     """Every detection measure of corrtune for ``detections`` (COCO result dicts).
 
@@ -37,7 +40,9 @@ def evaluate_detections(
       ``AP75_lower`` (AP⁺¹ / AP⁻¹);
     - ``beta_img``, ``beta_cls`` (mean Spearman(IoU, score); NaN where undefined);
     - ``oLRP``, ``oLRP_Loc``, ``oLRP_FP``, ``oLRP_FN`` (τ = 0.5);
-    - ``num_detections`` (length of the list given).
+    - ``num_detections`` (length of the list given);
+    - with ``bootstrap`` resamples (> 1): ``AP_boot_sd``, ``AP50_boot_sd``, ``AP75_boot_sd``,
+      the evaluation-set noise of AP (:mod:`detectors.metrics.bootstrap`).
     """
     gt = GroundTruth.from_coco(coco_gt)
     dets = Detections.from_list(detections, gt)
@@ -48,7 +53,7 @@ def evaluate_detections(
     # Row (IoU 0.5, all areas) of the matching is what β_cls, oLRP and the bounds build on.
     tp_rows = np.flatnonzero(match.true_positive[0, 0])
     tp_ious = match.iou[tp_rows]
-    metrics.update(bound_summaries(dets, gt, candidates, tp_rows, tp_ious))
+    metrics.update(bound_summaries(dets, gt, match, tp_rows, tp_ious))
 
     metrics["beta_img"] = beta_img(pre_nms_pairs) if pre_nms_pairs is not None else float("nan")
     metrics["beta_cls"] = mean_spearman(
@@ -58,4 +63,6 @@ def evaluate_detections(
     metrics["oLRP"], metrics["oLRP_Loc"] = lrp["oLRP"], lrp["oLRP_Loc"]
     metrics["oLRP_FP"], metrics["oLRP_FN"] = lrp["oLRP_FP"], lrp["oLRP_FN"]
     metrics["num_detections"] = float(len(detections))
+    if bootstrap > 1:
+        metrics.update(bootstrap_sd(dets, gt, match, num_samples=bootstrap))
     return metrics

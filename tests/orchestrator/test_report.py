@@ -110,7 +110,7 @@ def test_unfinished_trials_are_listed_not_averaged(swept: tuple[Path, Path]) -> 
     killed = next(iter(ledger.trials))
     ledger.trials[killed]["status"] = "KILLED"
     space = load_space(space_path)
-    text = write_report(space, ledger, workdir / "results").read_text()
+    text = write_report(space, ledger, workdir / "results").summary.read_text()
     assert "8/9 trials finished" in text
     assert "| KILLED |" in text
     assert "| 2 |" in text  # one configuration now averages two repeats

@@ -44,6 +44,17 @@ def test_every_shipped_space_is_valid_and_plans(path: Path) -> None:
                 assert node == value
 
 
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_shipped_space_dry_runs_with_its_control(path: Path) -> None:
+    from orchestrator.plan import describe_plan, plan_sweep
+
+    space = load_space(path, preset="smoke")
+    text = describe_plan(space, plan_sweep(space, {}), set())
+    control = [line for line in text.splitlines() if line.startswith("control: ")]
+    assert len(control) == 1 and "compared with it" in control[0]
+    assert f"{len(grid_plan(space))} trial(s) to run" in text
+
+
 def test_when_collapses_inactive_parameter(tmp_path: Path) -> None:
     plan = grid_plan(load_space(write(tmp_path, VALID)))
     overrides = [t.overrides for t in plan]

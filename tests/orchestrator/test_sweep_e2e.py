@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from mlflow.tracking import MlflowClient
 
+from detectors.config import ConfigError
 from orchestrator.space import grid_plan, load_space
 from orchestrator.sweep import SweepOptions, SweepResult, run_sweep
 
@@ -33,6 +34,7 @@ base: smoke
 metric: {{name: AP, goal: maximize}}
 parameters:
   loss.corr.weight: {{values: {LAMBDAS}}}
+control: {{loss.corr.weight: 0.0}}
 """
 
 
@@ -155,6 +157,30 @@ def test_report_written(sweep: tuple) -> None:
     assert all(r["status"] == "FINISHED" and r["final/AP"] is not None for r in table)
     for png in ("AP_vs_weight.png", "AP_bars.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_effects_against_the_control_are_written_printed_and_logged(sweep: tuple) -> None:
+    import csv
+
+    result, workdir, lines = sweep
+    rows = list(csv.DictReader((workdir / "results/e2e/effects.csv").open()))
+    arms = {r["arm"] for r in rows}
+    assert arms == {f"weight={w}" for w in LAMBDAS[1:]}  # every arm against λ = 0
+    assert {r["control"] for r in rows} == {"weight=0.0"}
+    assert all(r["verdict"] == "" and r["ci_low"] == "" for r in rows)  # one seed: no verdict
+    assert {r["n"] for r in rows if r["metric"] == "AP"} == {"1"}  # (NaN metrics pair none)
+    summary = (workdir / "results/e2e/summary.md").read_text()
+    assert "## Effects against the control" in summary
+    assert "One seed per configuration: no interval" in summary
+    text = "\n".join(lines)
+    assert "effects against the control (AP, arm − control, paired seeds):" in text
+    assert text.count("1 seed: no interval") == len(LAMBDAS) - 1
+    client = MlflowClient(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert "effects.csv" in [a.path for a in client.list_artifacts(result.parent_run_id)]
+    for key, entry in result.trials.items():
+        metrics = client.get_run(entry["run_id"]).data.metrics
+        is_control = entry["overrides"]["loss.corr.weight"] == 0.0
+        assert ("effect/AP" in metrics) != is_control, key
 
 
 def test_output_is_a_line_per_trial_event(sweep: tuple) -> None:
@@ -370,3 +396,60 @@ def test_ui_serves_the_sweep_runs_over_http(sweep: tuple) -> None:
     finally:
         os.killpg(ui.pid, signal.SIGTERM)
         ui.wait(timeout=30)
+
+
+GROW_SPACE = """
+name: grow
+base: smoke
+metric: {name: AP, goal: maximize}
+parameters:
+  loss.corr.weight: {values: [0.0, 0.2]}
+control: {loss.corr.weight: 0.0}
+repeats: 1
+"""
+
+
+def test_more_seeds_on_resume_run_only_the_new_ones(tmp_path: Path) -> None:
+    from orchestrator.plan import plan_and_estimate
+
+    space = tmp_path / "grow.yaml"
+    space.write_text(GROW_SPACE)
+    opts = SweepOptions(overrides={"train.iterations": 2}, workdir=tmp_path)
+    first = run_sweep(space, opts, printer=lambda _: None)
+    assert first.status == "FINISHED" and len(first.trials) == 2
+    before = {k: e["run_id"] for k, e in first.trials.items()}
+    dry = plan_and_estimate(
+        space,
+        preset=None,
+        overrides={"train.iterations": 2},
+        workdir=tmp_path,
+        local=True,
+        repeats=3,
+        measure=False,
+    )
+    rows = [line.rstrip() for line in dry.splitlines()]
+    states = [line.split()[-1] for line in rows if line.endswith(("done", "to run"))]
+    assert states.count("done") == 2 and "4 trial(s) to run" in dry  # what would be added
+    lines: list[str] = []
+    grown = run_sweep(
+        space, SweepOptions(workdir=tmp_path, resume=True, repeats=3), printer=lines.append
+    )
+    text = "\n".join(lines)
+    assert grown.status == "FINISHED", text
+    assert "resuming with the options the sweep was started with: --set train.iterations=2" in text
+    assert grown.parent_run_id == first.parent_run_id
+    assert len(grown.trials) == 6
+    for key, run_id in before.items():
+        assert grown.trials[key]["run_id"] == run_id  # the first seeds are kept, not re-run
+        assert f"start   {key}" not in text
+    assert text.count("] start ") == 4  # only the new seeds ran
+    runs = _runs(f"sqlite:///{tmp_path / 'mlflow.db'}", "grow")
+    assert len(runs) == 7  # one parent, six children: no duplicate
+    assert sorted(e["seed"] for e in grown.trials.values()) == [0, 0, 1, 1, 2, 2]
+    import csv
+
+    rows = list(csv.DictReader((tmp_path / "results/grow/effects.csv").open()))
+    ap = next(r for r in rows if r["metric"] == "AP")
+    assert ap["n"] == "3" and ap["verdict"] != ""  # three pairs: a test and a verdict
+    with pytest.raises(ConfigError, match="cannot run fewer"):
+        run_sweep(space, SweepOptions(workdir=tmp_path, resume=True, repeats=2), lambda _: None)

@@ -98,35 +98,93 @@ def test_bounds_bracket_ap_when_boxes_do_not_compete() -> None:
     assert bounds["AP50_lower"] == bounds["AP50_upper"] == ap["AP50"]
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_equals_rescoring_by_hand_and_pycocotools(
+def _bounds_from_fixed_matches(
+    evaluator: COCOeval, true_pos: list[tuple[int, int, float, float]], follow_iou: bool
+) -> list[float]:
+    """AP at each IoU threshold, by hand from pycocotools' own per-image matches
+    (``evalImgs``, all areas), after the true positives at 0.5 of each category traded
+    places in pycocotools' ranking (``accumulate``'s mergesort) so that their order follows
+    their IoU (``follow_iou``) or its reverse; every detection keeps its match."""
+    params = evaluator.params
+    recall_points = np.linspace(0.0, 1.0, 101)
+    per_threshold: list[list[float]] = [[] for _ in params.iouThrs]
+    for cat in params.catIds:
+        evals = [
+            e
+            for e in evaluator.evalImgs
+            if e is not None and e["category_id"] == cat and e["aRng"] == params.areaRng[0]
+        ]
+        num_gt = sum(int(np.count_nonzero(e["gtIgnore"] == 0)) for e in evals)
+        if not evals or num_gt == 0:
+            continue
+        ids = np.concatenate([e["dtIds"] for e in evals]).astype(int)
+        scores = np.concatenate([e["dtScores"] for e in evals])
+        place = np.empty(len(ids), dtype=int)
+        place[np.argsort(-scores, kind="mergesort")] = np.arange(len(ids))
+        mine = {i + 1: iou for i, c, iou, _ in true_pos if c == cat}  # loadRes ids from 1
+        tp_at = [k for k, dt_id in enumerate(ids) if dt_id in mine]
+        sign = -1.0 if follow_iou else 1.0
+        by_iou = sorted(tp_at, key=lambda k: (sign * mine[ids[k]], place[k]))
+        place[by_iou] = sorted(place[tp_at])
+        order = np.argsort(place)
+        matched = np.concatenate([e["dtMatches"] for e in evals], axis=1)[:, order]
+        ignored = np.concatenate([e["dtIgnore"] for e in evals], axis=1)[:, order]
+        for t in range(len(params.iouThrs)):
+            tp = np.cumsum((matched[t] > 0) & ~ignored[t])
+            fp = np.cumsum((matched[t] == 0) & ~ignored[t])
+            recall = tp / num_gt
+            precision = tp / np.maximum(tp + fp, np.spacing(1))
+            for i in range(len(precision) - 1, 0, -1):  # the precision envelope
+                precision[i - 1] = max(precision[i - 1], precision[i])
+            at = np.searchsorted(recall, recall_points, side="left")
+            values = [precision[i] if i < len(precision) else 0.0 for i in at]
+            per_threshold[t].append(float(np.mean(values)))
+    return [float(np.mean(v)) if v else -1.0 for v in per_threshold]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_equals_trading_places_with_the_original_matches_by_hand(
     make_dataset: Callable[..., dict[str, Any]],
     make_detections: Callable[..., list[dict]],
     pycocotools_eval: Callable[[COCO, list[dict]], COCOeval],
     reference_true_positives: Callable[[COCOeval], list[tuple[int, int, float, float]]],
     seed: int,
 ) -> None:
-    """Duplicates and crowds included: re-ranking can move matches, pycocotools re-matches."""
+    """Duplicates and crowds included: every detection keeps the match pycocotools gave it."""
     dataset = make_dataset(seed, crowd_rate=0.1)
     dets = make_detections(dataset, seed, duplicate_rate=0.5, score_noise=0.2)
     evaluator = pycocotools_eval(coco_from_dict(dataset), dets)
     true_pos = reference_true_positives(evaluator)
     expected = {}
-    for suffix, sign in (("upper", -1.0), ("lower", 1.0)):
-        rescored = [dict(d) for d in dets]
-        for cat in {c for _, c, _, _ in true_pos}:
-            mine = [(i, iou, s) for i, c, iou, s in true_pos if c == cat]
-            by_iou = sorted(mine, key=lambda t: (sign * t[1], -t[2]))
-            by_score = sorted((s for _, _, s in mine), reverse=True)
-            for (index, _, _), score in zip(by_iou, by_score):
-                rescored[index]["score"] = score
-        stats = pycocotools_eval(coco_from_dict(dataset), rescored).stats
-        expected.update(
-            {f"AP_{suffix}": stats[0], f"AP50_{suffix}": stats[1], f"AP75_{suffix}": stats[2]}
-        )
+    for suffix, follow_iou in (("upper", True), ("lower", False)):
+        aps = _bounds_from_fixed_matches(evaluator, true_pos, follow_iou)
+        expected |= {
+            f"AP_{suffix}": float(np.mean(aps)),
+            f"AP50_{suffix}": aps[0],
+            f"AP75_{suffix}": aps[5],
+        }
     ours = ap_bounds(coco_from_dict(dataset), dets)
     assert ours == pytest.approx(expected, abs=1e-12)
     assert ours["AP_upper"] - ours["AP_lower"] > 0.05
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_bounds_bound_at_every_threshold_with_duplicates(
+    make_dataset: Callable[..., dict[str, Any]],
+    make_detections: Callable[..., list[dict]],
+    seed: int,
+) -> None:
+    """The definition's promise, where re-matching broke it: duplicates that could take over
+    a match after re-ranking (the "lower" bound once came out above AP50 on real data)."""
+    dataset = make_dataset(seed, crowd_rate=0.05)
+    dets = make_detections(dataset, seed, duplicate_rate=0.8, score_noise=0.3)
+    coco_gt = coco_from_dict(dataset)
+    ap, bounds = coco_ap(coco_gt, dets), ap_bounds(coco_gt, dets)
+    for key in ("AP", "AP50", "AP75"):
+        assert bounds[f"{key}_lower"] <= ap[key] + 1e-12 <= bounds[f"{key}_upper"] + 2e-12, key
+    # The true positives at 0.5 only trade places among themselves: AP50 cannot move.
+    assert bounds["AP50_lower"] == pytest.approx(ap["AP50"], abs=1e-12)
+    assert bounds["AP50_upper"] == pytest.approx(ap["AP50"], abs=1e-12)
 
 
 def test_no_detections() -> None:
