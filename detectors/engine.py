@@ -15,7 +15,7 @@ import os
 import random
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ from torch.utils.data import DataLoader
 
 from detectors import box_ops
 from detectors.config import ExperimentConfig, TrainConfig, to_dict
-from detectors.data import VOCDataset, build_dataset, make_loader, set_epoch
+from detectors.data import VOCDataset, make_loader, set_epoch
+from detectors.data.splits import build_split
+from detectors.data.splits import data_root as data_root  # engine.data_root, as before
+from detectors.fit import fit_config
 from detectors.metrics import evaluate_detections, voc_map
 from detectors.models import build_detector
 
@@ -238,8 +241,12 @@ _AMP = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 # --------------------------------------------------------------------------- checkpoints
-def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None:
-    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint."""
+def save_checkpoint(
+    path: Path, trainer: Trainer, cfg: ExperimentConfig, classes: Sequence[str] = ()
+) -> None:
+    """Write atomically (temp file + rename) so a crash never leaves half a checkpoint.
+    ``classes``: the model's class names, in label order (what ``corrtune eval`` checks a
+    dataset against)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": trainer.detector.state_dict(),
@@ -247,6 +254,7 @@ def save_checkpoint(path: Path, trainer: Trainer, cfg: ExperimentConfig) -> None
         "scaler": trainer.scaler.state_dict(),
         "iteration": trainer.iteration,
         "config": to_dict(cfg),
+        "classes": list(classes),
         "rng": {
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -276,9 +284,16 @@ class PeriodicHook(Hook):
     hands every record to ``report(record, checkpoint_path_or_None)``."""
 
     def __init__(
-        self, *, cfg: ExperimentConfig, evaluate_fn: Any, checkpoint_dir: Path | None, report: Any
+        self,
+        *,
+        cfg: ExperimentConfig,
+        evaluate_fn: Any,
+        checkpoint_dir: Path | None,
+        report: Any,
+        classes: Sequence[str] = (),
     ) -> None:
         self.cfg = cfg
+        self.classes = list(classes)
         self.evaluate_fn = evaluate_fn
         self.checkpoint_dir = checkpoint_dir
         self.report = report
@@ -323,7 +338,7 @@ class PeriodicHook(Hook):
         ):
             checkpoint = self.checkpoint_dir / "checkpoint.pt"
             if world()[0] == 0:
-                save_checkpoint(checkpoint, trainer, self.cfg)
+                save_checkpoint(checkpoint, trainer, self.cfg, self.classes)
         if record:
             record["iteration"] = it
             record["progress"] = it / cfg.iterations
@@ -339,22 +354,9 @@ class PeriodicHook(Hook):
 
 
 # ---------------------------------------------------------------------------- composition
-def data_root(cfg: ExperimentConfig, cache_dir: Path) -> str:
-    return cfg.data.root or str(cache_dir / "data")
-
-
 def build_datasets(cfg: ExperimentConfig, cache_dir: Path) -> tuple[Any, Any]:
-    d = cfg.data
-    common: dict[str, Any] = {
-        "root": data_root(cfg, cache_dir),
-        "image_size": d.image_size,
-        "classes": list(d.classes) or None,
-    }
-    if d.kind == "synthetic":
-        common["synthetic"] = asdict(d.synthetic)
-    train = build_dataset(d.kind, split=d.train_split, train=True, **common)
-    val = build_dataset(d.kind, split=d.val_split, train=False, **common)
-    return train, val
+    train = build_split(cfg, "train", cache_dir, train=True)
+    return train, build_split(cfg, "val", cache_dir, train=False)
 
 
 def run_training(
@@ -372,6 +374,7 @@ def run_training(
     of a checkpoint written with it, or None). ``resume_from`` continues a checkpoint.
     """
     rank, world_size = world()
+    cfg = fit_config(cfg, cache_dir)  # fit.* at auto: numbers from the training boxes
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = device or torch.device(
@@ -423,6 +426,7 @@ def run_training(
         evaluate_fn=evaluate_fn,
         checkpoint_dir=out_dir,
         report=report or (lambda record, ckpt: None),
+        classes=train_set.classes,
     )
     trainer = Trainer(
         model=model,
