@@ -2,11 +2,14 @@
 generator and assigner its builder uses (``tests/detectors/models/test_reach.py`` checks
 that the generators here are the built detectors' own).
 
-- Anchor heads (RetinaNet; ATSS and PAA, one 8·stride anchor a cell): a box whose side is
-  within ``[smallest anchor · sqrt(t), largest anchor / sqrt(t)]`` has an anchor of its
-  shape that overlaps it with IoU >= ``t = assign.fg_iou`` when centred on it (IoU of two
-  concentric squares is the squared ratio of their sides). ATSS and PAA set their
-  thresholds per box, so for them the range is a guide rather than a rule.
+- RetinaNet (IoU thresholds): a box whose side is within ``[smallest anchor · sqrt(t),
+  largest anchor / sqrt(t)]`` has an anchor of its shape that overlaps it with IoU >=
+  ``t = assign.fg_iou`` when centred on it (IoU of two concentric squares is the squared
+  ratio of their sides).
+- ATSS and PAA (one 8·stride anchor a cell) set their IoU threshold per box from its
+  candidates, and take only anchors centred inside it: a box under one stride of the finest
+  level may hold none; above, the range runs to the largest anchor / sqrt(t), and larger
+  boxes still get that level's best anchors (open above).
 - Point heads: a box smaller than the finest stride (FCOS) or than the finest stride over
   the fovea's ``sigma`` (FoveaBox) may hold no point; larger boxes than the coarsest
   level's range still go to that level (open above).
@@ -69,6 +72,17 @@ def _anchor_reach(cfg: ExperimentConfig, generator: AnchorGenerator) -> Reach:
     )
 
 
+def _adaptive_reach(cfg: ExperimentConfig, generator: AnchorGenerator) -> Reach:
+    sizes = [s for level in generator.sizes_per_level() for s in level]
+    return Reach(
+        low=float(generator.strides[0]),
+        high=max(sizes) / math.sqrt(cfg.assign.fg_iou),
+        open_above=True,
+        locations=f"anchors {min(sizes):.0f}-{max(sizes):.0f} px on {_levels(cfg)}, "
+        "centred in the box, IoU threshold per box",
+    )
+
+
 def _fcos_reach(cfg: ExperimentConfig, generator: AnchorGenerator) -> Reach:
     strides = generator.strides
     upper = FCOSAssigner(center_sampling_radius=cfg.model.center_sampling_radius).size_upper
@@ -94,8 +108,8 @@ def _fovea_reach(cfg: ExperimentConfig, generator: AnchorGenerator) -> Reach:
 
 REACHES: dict[str, Callable[[ExperimentConfig, AnchorGenerator], Reach]] = {
     "retinanet": _anchor_reach,
-    "atss": _anchor_reach,
-    "paa": _anchor_reach,
+    "atss": _adaptive_reach,
+    "paa": _adaptive_reach,
     "fcos": _fcos_reach,
     "foveabox": _fovea_reach,
 }

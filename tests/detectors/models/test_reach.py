@@ -43,9 +43,10 @@ def test_hand_worked_reaches() -> None:
     # ... with fg_iou 0.7 the factor is sqrt(0.7)
     strict = detector_reach(_cfg("retinanet", **{"assign.fg_iou": 0.7, "assign.bg_iou": 0.4}))
     assert strict is not None and strict.low == pytest.approx(32 * math.sqrt(0.7), rel=1e-5)
-    # ATSS: one 8 * stride anchor: 64 .. 256 px
+    # ATSS: one 8 * stride anchor (64 .. 256 px), centred inside the box: from one stride
     atss = detector_reach(_cfg("atss"))
-    assert atss is not None and (atss.low, atss.high) == pytest.approx((64 / root2, 256 * root2))
+    assert atss is not None and atss.open_above
+    assert (atss.low, atss.high) == pytest.approx((8.0, 256 * root2))
     # FCOS: a box under one stride (8) may hold no point; the top level reaches 2 * 8 * 32
     fcos = detector_reach(_cfg("fcos"))
     assert fcos is not None and (fcos.low, fcos.high, fcos.open_above) == (8.0, 512.0, True)
