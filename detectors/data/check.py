@@ -143,21 +143,26 @@ def check_dataset(
             raise DataError(layout.root, f"no {kind} split found", kind=BAD_ROOT)
         for name in splits:
             files = layout.split(name)
-            if kind == "yolo":
-                datasets.append(
-                    YOLODataset(files.images, names=layout.names, classes=classes, strict=False)
-                )
-            elif files.ann_file is not None and files.images:
-                datasets.append(
-                    CocoDataset(files.ann_file, files.images[0], classes=classes, strict=False)
-                )
-            else:
-                where = files.ann_file or layout.root
-                errors.append(Problem(str(where), BAD_ROOT, f"split {name!r}: no images folder"))
+            try:
+                if kind == "yolo":
+                    datasets.append(
+                        YOLODataset(
+                            files.images, names=layout.names, classes=classes, strict=False
+                        )
+                    )
+                elif files.ann_file is not None and files.images:
+                    datasets.append(
+                        CocoDataset(files.ann_file, files.images[0], classes=classes, strict=False)
+                    )
+                else:
+                    where = str(files.ann_file or layout.root)
+                    errors.append(Problem(where, BAD_ROOT, f"split {name!r}: no images folder"))
+            except DataError as error:  # a split that cannot be read at all: the others can
+                errors.append(Problem(error.path, error.kind, f"split {name!r}: {error.message}"))
         split = ",".join(splits)
         root_name = layout.root
     if not datasets:
-        raise DataError(errors[0].path, errors[0].detail, kind=BAD_ROOT)
+        raise DataError(errors[0].path, errors[0].detail, kind=errors[0].kind)
     report = DataReport(
         kind=kind, root=root_name, split=split, classes=datasets[0].classes, layout=layout.name
     )

@@ -106,6 +106,17 @@ def test_a_label_file_without_its_image_is_a_missing_image(tmp_path: Path) -> No
     assert report.counts["image file not found"] == 1 and report.num_images == 1
 
 
+def test_check_reports_a_split_it_cannot_read_and_checks_the_others(tmp_path: Path) -> None:
+    root = _yolo(tmp_path, {"x": "0 0.5 0.5 0.1 0.1\n"})
+    (root / "data.yaml").write_text("train: images/train\ntest: images/test\nnames: [a, b]\n")
+    report = check_dataset("auto", root)
+    assert report.num_images == 1 and report.num_errors == 1
+    assert str(report.problems[0]) == (
+        f"{root / 'images' / 'test'}: bad split file "
+        "(split 'test': image folder or image list not found)"
+    )
+
+
 def test_classes_select_and_order_by_name(tmp_path: Path) -> None:
     root = _yolo(tmp_path, {"x": "0 0.5 0.5 0.1 0.1\n1 0.2 0.2 0.1 0.1\n"})
     dataset = YOLODataset([root / "images" / "train"], names=["a", "b"], classes=["b"])
