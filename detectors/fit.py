@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from detectors.config import DataConfig, ExperimentConfig, from_dict, to_dict
+from detectors.config import ConfigError, DataConfig, ExperimentConfig, from_dict, to_dict
 from detectors.data.geometry import (
     FIT_QUANTILES,
     BoxSizes,
@@ -39,13 +39,18 @@ def fit_config(cfg: ExperimentConfig, cache_dir: Path | None) -> ExperimentConfi
     """``cfg`` with its ``auto`` settings fitted to its training split (unchanged without).
 
     ``cache_dir`` holds the synthetic set when ``data.root`` is empty; None means it is not
-    known here (a sweep's driver): such a config is returned as it is, to be fitted where
-    it trains.
+    known here (a sweep's driver, which must log the fitted numbers before the trials run:
+    it asks for a ``data.root``).
     """
     if not cfg.fit.pending:
         return cfg
     if cache_dir is None and cfg.data.kind == "synthetic" and not cfg.data.root:
-        return cfg
+        raise ConfigError(
+            "",
+            "data.root",
+            "fit.* at auto in a sweep fits in the driver, before the synthetic set exists: "
+            "give it a data.root (a folder it is made in)",
+        )
     return fit_to(cfg, training_box_sizes(cfg, cache_dir or Path.cwd() / ".corrtune"))
 
 
@@ -76,7 +81,8 @@ def fit_to(cfg: ExperimentConfig, sizes: BoxSizes) -> ExperimentConfig:
         fit = dataclasses.replace(fit, image_size="fitted")
     if f.geometry == "auto":
         at_size = dataclasses.replace(cfg, data=data)
-        if detector_reach(at_size) is not None:  # Sparse R-CNN: nothing to fit
+        # Sparse R-CNN has no locations to fit; without boxes there is nothing to fit to.
+        if detector_reach(at_size) is not None and len(sizes):
             levels = fit_levels(
                 sizes.sides(data.image_size),
                 sizes.labels,

@@ -186,7 +186,8 @@ def fit_levels(
     hi = class_quantile(sides, labels, FIT_QUANTILES[1], low=False)
     notes: list[str] = []
     if not (lo > 0 and hi > 0):
-        return LevelFit(first, first, anchor_scale if fit_scale else None, lo, hi, ["no boxes"])
+        top = max(first, MIN_TOP_LEVEL)
+        return LevelFit(first, top, anchor_scale if fit_scale else None, lo, hi, ["no boxes"])
     min_level, scale = first, anchor_scale
     for level in range(last, first - 1, -1):  # coarse to fine: the first fit is the cheapest
         if fit_scale:
