@@ -41,12 +41,30 @@ class SyntheticConfig:
 
 
 @dataclass(frozen=True)
+class SplitFilesConfig:
+    """The files of one split, for a layout that is not detected ("" = found from data.root
+    and the split's name). Relative paths are relative to data.root (to the working folder
+    when data.root is empty)."""
+
+    ann_file: str = ""  # coco: the annotation JSON
+    # coco: the folder the JSON's file_name entries are relative to (default: found near
+    # the JSON); yolo: an image folder or .txt image list (labels: .../images/ -> .../labels/)
+    images: str = ""
+
+
+@dataclass(frozen=True)
 class DataConfig:
-    kind: Literal["synthetic", "coco", "voc"] = "synthetic"
-    root: str = ""  # dataset root (coco/voc); synthetic: cache folder ("" = ./.corrtune/data)
-    train_split: str = "train"  # coco: annotation file stem or path; voc: ImageSets/Main name
+    kind: Literal["synthetic", "coco", "voc", "yolo"] = "synthetic"
+    # Dataset folder, or the COCO JSON / YOLO YAML itself (`corrtune data check` shows what
+    # it finds there); synthetic: the cache folder ("" = ./.corrtune/data).
+    root: str = ""
+    # A split of the dataset (voc: ImageSets/Main/<name>.txt; coco: the JSON's stem without
+    # instances_, or the export's split folder; yolo: a key of its YAML), or a path.
+    train_split: str = "train"
     val_split: str = "val"
-    classes: tuple[str, ...] = ()  # VOC class list; () = sorted names found in the data
+    train: SplitFilesConfig = field(default_factory=SplitFilesConfig)  # when set, wins
+    val: SplitFilesConfig = field(default_factory=SplitFilesConfig)
+    classes: tuple[str, ...] = ()  # class list (label order); () = the dataset's own
     image_size: int = 128  # longer image side after resizing, pixels
     num_workers: int = 0  # DataLoader worker processes per training worker
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
@@ -196,6 +214,36 @@ class TrainConfig:
         return self.lr * {"none": 1.0, "linear": ratio, "sqrt": ratio**0.5}[self.lr_scaling]
 
 
+Fit = Literal["fixed", "auto", "fitted"]
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Settings fitted to the training split's boxes before a run (``corrtune data check``
+    shows what they come to). Each switch: ``fixed`` (the numbers as given), ``auto`` (fit
+    them) or ``fitted``: a run logs and checkpoints the fitted numbers with the switch at
+    ``fitted``, a config that repeats the run without reading the data again."""
+
+    # data.image_size: the smallest multiple of 32 at which every class's 5th-percentile
+    # box side is at least min_box_side pixels, from min_image_size up to data.image_size.
+    image_size: Fit = "fixed"
+    min_box_side: float = 12.0
+    min_image_size: int = 160
+    # model.min_level / max_level (and retinanet's model.anchor_scale): the locations reach
+    # every class's 1st to 99th percentile box side at the (fitted) image size.
+    geometry: Fit = "fixed"
+    # train.iterations: `epochs` passes over the training images, at most `budget_mpix`
+    # megapixels of batches (images of image_size^2; 0 = no cap).
+    schedule: Fit = "fixed"
+    epochs: float = 24.0
+    budget_mpix: float = 0.0
+
+    @property
+    def pending(self) -> bool:
+        """Whether a setting is still to be fitted (a switch at ``auto``)."""
+        return "auto" in (self.image_size, self.geometry, self.schedule)
+
+
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = "corrtune"
@@ -205,6 +253,7 @@ class ExperimentConfig:
     loss: LossConfig = field(default_factory=LossConfig)
     nms: NMSConfig = field(default_factory=NMSConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    fit: FitConfig = field(default_factory=FitConfig)
 
 
 # ----------------------------------------------------------------------------- validation
@@ -226,6 +275,9 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("nms.iou_threshold", lambda v: 0 < v <= 1, "must be in (0, 1]"),
     ("nms.max_detections", lambda v: v >= 1, "must be at least 1"),
     ("model.fpn_channels", lambda v: v >= 8, "must be at least 8"),
+    # Every trunk ends at level 5 (stride 32); P6 and P7 are convs on top of it.
+    ("model.max_level", lambda v: 5 <= v <= 7, "must be 5, 6 or 7 (the trunks end at 5)"),
+    ("model.min_level", lambda v: v >= 2, "must be at least 2 (stride 4)"),
     ("model.num_proposals", lambda v: v >= 1, "must be at least 1"),
     ("model.num_stages", lambda v: v >= 1, "must be at least 1"),
     ("model.sparse.attention_heads", lambda v: v >= 1, "must be at least 1"),
@@ -236,7 +288,14 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("loss.sparse.cls_weight", lambda v: v >= 0, "must be non-negative"),
     ("loss.sparse.l1_weight", lambda v: v >= 0, "must be non-negative"),
     ("loss.sparse.giou_weight", lambda v: v >= 0, "must be non-negative"),
+    ("fit.min_box_side", lambda v: v > 0, "must be positive"),
+    ("fit.min_image_size", lambda v: v >= 32, "must be at least 32 pixels"),
+    ("fit.epochs", lambda v: v > 0, "must be positive"),
+    ("fit.budget_mpix", lambda v: v >= 0, "must be non-negative"),
 ]
+
+# Split-file keys and the dataset kinds they apply to (the others find their files).
+_SPLIT_FILE_KINDS = {"ann_file": ("coco",), "images": ("coco", "yolo")}
 
 
 def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
@@ -254,6 +313,20 @@ def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
         )
     if cfg.train.batch_size % cfg.train.num_workers:
         raise ConfigError(source, "train.batch_size", "must be divisible by train.num_workers")
+    for split in ("train", "val"):
+        files = getattr(cfg.data, split)
+        for key, kinds in _SPLIT_FILE_KINDS.items():
+            if getattr(files, key) and cfg.data.kind not in kinds:
+                raise ConfigError(
+                    source,
+                    f"data.{split}.{key}",
+                    f"applies to {' and '.join(kinds)} datasets, not {cfg.data.kind} "
+                    "(its files are found from data.root and the split's name)",
+                )
+    if cfg.fit.image_size == "auto" and cfg.fit.min_image_size > cfg.data.image_size:
+        raise ConfigError(
+            source, "fit.min_image_size", "must not exceed data.image_size (the fit's cap)"
+        )
 
 
 def _coerce(value: Any, annotation: Any, source: str, key: str) -> Any:

@@ -15,7 +15,7 @@ import random
 import time
 import typing
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,10 @@ from torch.utils.data import DataLoader
 
 from detectors import box_ops, jsonio
 from detectors.config import ExperimentConfig, TrainConfig, to_dict
-from detectors.data import VOCDataset, build_dataset, make_loader, set_epoch
+from detectors.data import VOCDataset, make_loader, set_epoch
+from detectors.data.splits import build_split
+from detectors.data.splits import data_root as data_root  # engine.data_root, as before
+from detectors.fit import fit_config
 from detectors.metrics import evaluate_detections, voc_map
 from detectors.models import build_detector
 
@@ -280,13 +283,18 @@ _AMP = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 # --------------------------------------------------------------------------- checkpoints
 def save_checkpoint(
-    path: Path, trainer: Trainer, cfg: ExperimentConfig, record: dict[str, Any] | None = None
+    path: Path,
+    trainer: Trainer,
+    cfg: ExperimentConfig,
+    record: dict[str, Any] | None = None,
+    classes: Sequence[str] = (),
 ) -> None:
     """Write atomically (temp file + rename) so a crash never leaves half a checkpoint.
 
     ``record``: the metrics reported with the run's last checkpoint. A run resumed from it
     has nothing left to train and reports them again (its first report of them may never
-    have arrived: an orchestrator interrupted while the run was ending)."""
+    have arrived: an orchestrator interrupted while the run was ending). ``classes``: the
+    model's class names, in label order (what ``corrtune eval`` checks a dataset against)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     state = {
         "model": trainer.detector.state_dict(),
@@ -296,6 +304,7 @@ def save_checkpoint(
         "config": to_dict(cfg),
         "hooks": trainer.hook_states(),
         "record": record,
+        "classes": list(classes),
         "rng": {
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -416,8 +425,11 @@ class Checkpointing(Hook):
     """Every ``every`` iterations (0: only at the end) writes ``directory/checkpoint.pt``
     (rank 0 writes; every rank's record names it) with the step's finished record."""
 
-    def __init__(self, *, directory: Path, every: int, cfg: ExperimentConfig) -> None:
+    def __init__(
+        self, *, directory: Path, every: int, cfg: ExperimentConfig, classes: Sequence[str] = ()
+    ) -> None:
         self.directory, self.every, self.cfg = directory, every, cfg
+        self.classes = list(classes)
         self.saved_at: int | None = None  # iteration of the latest checkpoint written
 
     @property
@@ -430,7 +442,7 @@ class Checkpointing(Hook):
             return
         if world()[0] == 0:
             final = dict(record.metrics) if trainer.last_step else None
-            save_checkpoint(self.path, trainer, self.cfg, record=final)
+            save_checkpoint(self.path, trainer, self.cfg, record=final, classes=self.classes)
         self.saved_at = trainer.iteration
         record.checkpoint = self.path
 
@@ -463,22 +475,9 @@ class Reporting(Hook):
 
 
 # ---------------------------------------------------------------------------- composition
-def data_root(cfg: ExperimentConfig, cache_dir: Path) -> str:
-    return cfg.data.root or str(cache_dir / "data")
-
-
 def build_datasets(cfg: ExperimentConfig, cache_dir: Path) -> tuple[Any, Any]:
-    d = cfg.data
-    common: dict[str, Any] = {
-        "root": data_root(cfg, cache_dir),
-        "image_size": d.image_size,
-        "classes": list(d.classes) or None,
-    }
-    if d.kind == "synthetic":
-        common["synthetic"] = asdict(d.synthetic)
-    train = build_dataset(d.kind, split=d.train_split, train=True, **common)
-    val = build_dataset(d.kind, split=d.val_split, train=False, **common)
-    return train, val
+    train = build_split(cfg, "train", cache_dir, train=True)
+    return train, build_split(cfg, "val", cache_dir, train=False)
 
 
 def run_training(
@@ -498,6 +497,7 @@ def run_training(
     ``on_ready()`` is called once data, model and optimizer are built, before training.
     """
     rank, world_size = world()
+    cfg = fit_config(cfg, cache_dir)  # fit.* at auto: numbers from the training boxes
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     device = device or torch.device(
@@ -546,7 +546,9 @@ def run_training(
         bootstrap = BOOTSTRAP_SAMPLES if trainer.last_step else 0
         return evaluate(trainer.model, val_loader, val_set, device, bootstrap=bootstrap)
 
-    checkpointing = Checkpointing(directory=out_dir, every=cfg.train.checkpoint_every, cfg=cfg)
+    checkpointing = Checkpointing(
+        directory=out_dir, every=cfg.train.checkpoint_every, cfg=cfg, classes=train_set.classes
+    )
     reporting = Reporting(report or (lambda record, ckpt: None))
     trainer = Trainer(
         model=model,

@@ -46,6 +46,14 @@ TrackingOpt = Annotated[
         help="MLflow tracking URI (default: sqlite:///mlflow.db in this folder).",
     ),
 ]
+DataOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--data",
+        help="Dataset folder, COCO JSON or YOLO YAML: its kind, layout and splits are "
+        "detected (see `corrtune data check`); --set data.* still wins.",
+    ),
+]
 VerboseOpt = Annotated[
     bool,
     typer.Option(
@@ -54,8 +62,11 @@ VerboseOpt = Annotated[
 ]
 
 
-def _overrides(items: list[str] | None) -> dict[str, Any]:
-    return dict(parse_override(item) for item in items or [])
+def _overrides(items: list[str] | None, data: Path | None = None) -> dict[str, Any]:
+    """``--data`` then ``--set`` as config overrides (a --set wins)."""
+    from orchestrator.datasets import data_overrides
+
+    return data_overrides(data) | dict(parse_override(item) for item in items or [])
 
 
 def _guard(fn: Callable[[], T]) -> T:
@@ -91,6 +102,7 @@ def _live_console(verbose: bool) -> Any:
 def sweep(
     space: Annotated[Path, typer.Argument(help="Search-space YAML (see search_spaces/).")],
     preset: PresetOpt = None,
+    data: DataOpt = None,
     set_: SetOpt = None,
     dry_run: Annotated[
         bool,
@@ -146,19 +158,18 @@ def sweep(
     from orchestrator.ray_runtime import is_local
     from orchestrator.sweep import run_sweep
 
-    opts = SweepOptions(
-        preset=preset,
-        overrides=_overrides(set_),
-        repeats=repeats,
-        resume=resume,
-        address=address,
-        storage=storage,
-        tracking_uri=tracking_uri,
-        verbose=verbose,
-        max_concurrent=max_concurrent,
-    )
-
     def go() -> None:
+        opts = SweepOptions(
+            preset=preset,
+            overrides=_overrides(set_, data),
+            repeats=repeats,
+            resume=resume,
+            address=address,
+            storage=storage,
+            tracking_uri=tracking_uri,
+            verbose=verbose,
+            max_concurrent=max_concurrent,
+        )
         if dry_run:
             text = plan_and_estimate(
                 space,
@@ -186,17 +197,23 @@ def sweep(
 def train(
     config: Annotated[Path | None, typer.Argument(help="Experiment YAML (optional).")] = None,
     preset: Annotated[str | None, typer.Option("--preset", help="Preset to start from.")] = None,
+    data: DataOpt = None,
     set_: SetOpt = None,
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/train"),
 ) -> None:
     """Train one model and evaluate it; writes OUT/metrics.json and OUT/checkpoint.pt."""
     from detectors.config import load_config
     from detectors.engine import run_training
+    from detectors.fit import fit_config, fitted_values
 
     def go() -> None:
         if config is None and preset is None:
             raise ConfigError("corrtune train", "", "give a CONFIG file or --preset NAME")
-        cfg = load_config(preset=preset, path=config, overrides=_overrides(set_))
+        given = load_config(preset=preset, path=config, overrides=_overrides(set_, data))
+        cfg = fit_config(given, Path.cwd() / ".corrtune")
+        if cfg != given:  # recorded in the checkpoint's config too
+            values = " ".join(f"{k}={v}" for k, v in fitted_values(given, cfg).items())
+            _progress(f"fitted to the training boxes: {values}")
 
         def report(record: dict[str, Any], _: Any) -> None:
             shown = {
@@ -217,30 +234,37 @@ def evaluate(
     checkpoint: Annotated[Path, typer.Argument(help="checkpoint.pt written by train/sweep.")],
     data: Annotated[
         Path | None,
-        typer.Option("--data", help="Dataset root to evaluate on (default: the checkpoint's)."),
+        typer.Option(
+            "--data",
+            help="Dataset to evaluate on (default: the checkpoint's): its kind, layout and "
+            "validation split are detected.",
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option("--split", help="Split to evaluate (default: data.val_split).")
     ] = None,
+    classes_by_name: Annotated[
+        bool,
+        typer.Option(
+            "--classes-by-name",
+            help="The dataset has other classes than the model: score the names both have.",
+        ),
+    ] = False,
     set_: SetOpt = None,
 ) -> None:
     """Evaluate a saved model: the full metric set on a dataset's validation split."""
     from orchestrator.evaluation import evaluate_checkpoint
 
-    overrides = _overrides(set_)
-    if data is not None:
-        overrides["data.root"] = str(data.expanduser().resolve())
-    if split is not None:
-        overrides["data.val_split"] = split
-    _guard(
-        lambda: _progress(
-            json.dumps(
-                evaluate_checkpoint(checkpoint, overrides, Path.cwd() / ".corrtune"),
-                indent=2,
-                sort_keys=True,
-            )
+    def go() -> None:
+        overrides = _overrides(set_, data)
+        if split is not None:
+            overrides["data.val_split"] = split
+        metrics = evaluate_checkpoint(
+            checkpoint, overrides, Path.cwd() / ".corrtune", classes_by_name=classes_by_name
         )
-    )
+        _progress(json.dumps(metrics, indent=2, sort_keys=True))
+
+    _guard(go)
 
 
 @app.command()
@@ -308,14 +332,44 @@ def data_make(
 
 @data_app.command("check")
 def data_check(
-    path: Annotated[Path, typer.Argument(help="Dataset root (VOC or COCO layout).")],
-    kind: Annotated[str | None, typer.Option(help="voc or coco (default: detected).")] = None,
+    path: Annotated[
+        Path | None,
+        typer.Argument(help="Dataset folder, COCO JSON or YOLO YAML (or give --data)."),
+    ] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="The dataset, as PATH.")] = None,
+    kind: Annotated[
+        str | None, typer.Option(help="voc, coco or yolo (default: detected).")
+    ] = None,
+    split: Annotated[
+        str | None, typer.Option("--split", help="Check this split only (default: all).")
+    ] = None,
+    preset: Annotated[
+        str,
+        typer.Option(
+            "--preset",
+            help="Preset whose input size and detector the box sizes are measured against.",
+        ),
+    ] = "custom-cpu",
+    set_: SetOpt = None,
+    decode: Annotated[
+        bool,
+        typer.Option("--decode/--no-decode", help="Decode every image (slower, finds more)."),
+    ] = True,
 ) -> None:
-    """Report every problem in a dataset without training; exit 2 if the root is unusable."""
-    from detectors.data import check_dataset
+    """Report every problem in a dataset, and its box sizes against a detector, without
+    training; exit 2 if the dataset is unusable."""
+    from detectors.config import load_config
+    from orchestrator.datasets import check_report
 
     def go() -> None:
-        _progress(check_dataset(kind or "auto", path).format())
+        root = path or data
+        if root is None or (path is not None and data is not None):
+            raise ConfigError("corrtune data check", "", "give the dataset once: PATH or --data")
+        cfg = load_config(preset=preset, overrides=_overrides(set_))
+        text = check_report(
+            root, cfg, kind=kind, split=split, decode_images=decode, source=f"preset {preset}"
+        )
+        _progress(text)
 
     _guard(go)
 

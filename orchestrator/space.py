@@ -39,6 +39,7 @@ from typing import Any, Literal
 from detectors.config import (
     ConfigError,
     ExperimentConfig,
+    SplitFilesConfig,
     apply_overrides,
     did_you_mean,
     from_dict,
@@ -440,13 +441,29 @@ def trial_config(
     for that repeat of every configuration (initialisation, data order, augmentation).
 
     A relative ``data.root`` (the ``bccd`` preset's, or a ``--set``) is made absolute here,
-    in the driver: Ray workers run in other folders, and on other machines.
+    in the driver: Ray workers run in other folders, and on other machines (so are split
+    files given without a root). ``fit.*`` settings at ``auto`` are fitted here too, so the
+    trial's logged config holds the fitted numbers (read once per dataset: this runs often).
     """
     cfg = load_config(preset=space.base, overrides={**space.fixed, **overrides, **(extra or {})})
-    return dataclasses.replace(
-        cfg,
-        data=dataclasses.replace(cfg.data, root=absolute_roots(cfg.data.root)),
-        train=dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat),
+    data = dataclasses.replace(cfg.data, root=absolute_roots(cfg.data.root))
+    if not data.root:  # split files relative to the working folder
+        data = dataclasses.replace(
+            data, train=_absolute_files(data.train), val=_absolute_files(data.val)
+        )
+    cfg = dataclasses.replace(
+        cfg, data=data, train=dataclasses.replace(cfg.train, seed=cfg.train.seed + repeat)
+    )
+    if not cfg.fit.pending:
+        return cfg
+    from detectors.fit import fit_config  # torch and the models: only when there is a fit
+
+    return fit_config(cfg, cache_dir=None)
+
+
+def _absolute_files(files: SplitFilesConfig) -> SplitFilesConfig:
+    return SplitFilesConfig(
+        **{k: str(Path(v).expanduser().resolve()) if v else v for k, v in vars(files).items()}
     )
 
 

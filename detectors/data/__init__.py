@@ -2,8 +2,9 @@
 
 ``build_dataset(kind, root=..., split=..., image_size=..., train=...)`` returns a dataset of
 ``(image, target)`` items (contract in ``detectors.data.base``) for ``kind`` in
-``DATASET_KINDS``; ``make_loader`` batches it with ``collate``; ``check_dataset`` reports
-everything wrong with a dataset; ``ensure_synthetic`` makes the synthetic shapes set.
+``DATASET_KINDS``; ``detect_layout`` tells a folder's kind, layout and splits;
+``make_loader`` batches it with ``collate``; ``check_dataset`` reports everything wrong
+with a dataset; ``ensure_synthetic`` makes the synthetic shapes set.
 """
 
 from __future__ import annotations
@@ -27,11 +28,13 @@ from torch.utils.data import (
 
 from detectors.data.base import DetectionDataset, Target, Transform
 from detectors.data.check import DataReport, check_dataset, detect_kind
-from detectors.data.coco import CocoDataset, resolve_coco_paths
+from detectors.data.coco import CocoDataset, coco_split, resolve_coco_paths
 from detectors.data.errors import DataError, Problem
+from detectors.data.layout import Layout, SplitFiles, coco_images_near, detect_layout
 from detectors.data.synthetic import SHAPE_CLASSES, SyntheticSpec, ensure_synthetic
 from detectors.data.transforms import build_transforms, collate, reseed_transforms
 from detectors.data.voc import VOCDataset
+from detectors.data.yolo import YOLODataset
 
 __all__ = [
     "DATASET_KINDS",
@@ -40,21 +43,25 @@ __all__ = [
     "DataError",
     "DataReport",
     "DetectionDataset",
+    "Layout",
     "Problem",
+    "SplitFiles",
     "SyntheticSpec",
     "Target",
     "VOCDataset",
+    "YOLODataset",
     "build_dataset",
     "build_transforms",
     "check_dataset",
     "collate",
     "detect_kind",
+    "detect_layout",
     "ensure_synthetic",
     "make_loader",
     "set_epoch",
 ]
 
-DATASET_KINDS = ("synthetic", "coco", "voc")
+DATASET_KINDS = ("synthetic", "coco", "voc", "yolo")
 
 
 def build_dataset(
@@ -75,7 +82,7 @@ def build_dataset(
     ann_file: str | Path | None = None,
     images_dir: str | Path | None = None,
 ) -> DetectionDataset:
-    """A dataset of ``kind`` (``"synthetic"``, ``"coco"`` or ``"voc"``).
+    """A dataset of ``kind`` (``"synthetic"``, ``"coco"``, ``"voc"`` or ``"yolo"``).
 
     Transforms: resize so the longer side is ``image_size`` (or ``min_size``/``max_size``
     style), then, if ``train``, a horizontal flip with ``flip_prob`` and photometric
@@ -84,11 +91,13 @@ def build_dataset(
     - ``synthetic``: ``root`` is a generated folder (has ``<split>.json``) or a cache folder
       in which ``ensure_synthetic`` makes (once) the set described by ``synthetic``
       (a :class:`SyntheticSpec` or its fields; defaults otherwise). Splits: train, val.
-    - ``coco``: ``root`` + ``split`` as in :func:`resolve_coco_paths`, or explicit
-      ``ann_file`` (+ ``images_dir``).
+    - ``coco``, ``yolo``: ``root`` (a folder, a COCO JSON or a YOLO YAML) + ``split``, in any
+      layout of :mod:`detectors.data.layout`; or explicit ``ann_file`` (coco) and
+      ``images_dir`` (relative to ``root``; yolo: an image folder or list, its class names
+      from the YAML at ``root``).
     - ``voc``: ``root`` is one or several VOC folders (list or ``a+b``); ``split`` names
-      ``ImageSets/Main/<split>.txt`` or is ``"all"``; ``include_difficult`` trains on
-      difficult objects too.
+      ``ImageSets/Main/<split>.txt``, is the path of such a list, or is ``"all"``;
+      ``include_difficult`` trains on difficult objects too.
     """
     if transforms is None:
         transforms = build_transforms(
@@ -111,14 +120,11 @@ def build_dataset(
         raise DataError(str(root), f"a {kind} dataset takes one root folder")
     root = Path(root).expanduser()
     if kind == "coco":
-        if ann_file is not None:
-            ann_path = Path(ann_file)
-            images = (
-                Path(images_dir) if images_dir is not None else resolve_coco_paths(ann_path, "")[1]
-            )
-        else:
-            ann_path, images = resolve_coco_paths(root, split)
+        ann_path, images = coco_split_files(root, split, ann_file, images_dir)
         return CocoDataset(ann_path, images, classes=classes, transforms=transforms)
+    if kind == "yolo":
+        sources, names = yolo_split_files(root, split, images_dir)
+        return YOLODataset(sources, names=names, classes=classes, transforms=transforms)
     if kind == "synthetic":
         if split not in ("train", "val"):
             raise ValueError(f"synthetic splits are 'train' and 'val', not {split!r}")
@@ -133,6 +139,42 @@ def build_dataset(
             root / f"{split}.json", root / split / "images", classes=classes, transforms=transforms
         )
     raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
+
+
+def _under(root: Path, path: str | Path) -> Path:
+    """``path`` relative to the dataset ``root`` (its folder when it is a file)."""
+    path = Path(path).expanduser()
+    if path.is_absolute() or not str(root) or str(root) == ".":
+        return path
+    return (root.parent if root.is_file() else root) / path
+
+
+def coco_split_files(
+    root: Path, split: str, ann_file: str | Path | None, images_dir: str | Path | None
+) -> tuple[Path, Path]:
+    """``(annotation JSON, images folder)`` of a COCO split: explicit files where given
+    (relative to ``root``), else found in ``root``'s layout."""
+    if ann_file:
+        ann_path = _under(root, ann_file)
+        return ann_path, _under(root, images_dir) if images_dir else coco_images_near(ann_path)
+    if images_dir:
+        found = coco_split(root, split).ann_file
+        if found is not None:
+            return found, _under(root, images_dir)
+    return resolve_coco_paths(root, split)
+
+
+def yolo_split_files(
+    root: Path, split: str, images_dir: str | Path | None
+) -> tuple[list[Path], list[str]]:
+    """``(image folders or lists, class names)`` of a YOLO split: an explicit ``images_dir``
+    (relative to ``root``), else the split's entries in the dataset YAML at ``root``."""
+    if not str(root) or str(root) == ".":
+        raise DataError("data.root", "a yolo dataset needs data.root: its YAML or folder")
+    layout = detect_layout(root, "yolo")
+    if images_dir:
+        return [_under(root, images_dir)], list(layout.names)
+    return list(layout.split(split).images), list(layout.names)
 
 
 def _seed_worker(worker_id: int) -> None:

@@ -10,6 +10,8 @@ Contract of an item (see ``DetectionDataset.__getitem__``): ``image`` float32 [3
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import io
 import logging
 import math
@@ -17,7 +19,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -128,6 +130,13 @@ class ImageRecord:
     labels: np.ndarray  # [N] int64 contiguous labels
     ignore: np.ndarray  # [N] bool: kept out of training targets (crowd, VOC difficult)
 
+    per_box: ClassVar[tuple[str, ...]] = ("boxes", "labels", "ignore")  # the [N] fields
+
+    def take(self, keep: np.ndarray, labels: np.ndarray) -> ImageRecord:
+        """The record with only the boxes ``keep`` [N] bool, labelled ``labels`` [keep.sum()]."""
+        fields = {name: getattr(self, name)[keep] for name in self.per_box}
+        return dataclasses.replace(self, **(fields | {"labels": labels.astype(np.int64)}))
+
 
 def empty_record_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return np.zeros((0, 4), np.float32), np.zeros((0,), np.int64), np.zeros((0,), bool)
@@ -196,6 +205,28 @@ class DetectionDataset(Dataset[tuple[Tensor, Target]]):
 
     def __len__(self) -> int:
         return len(self.records)
+
+    def relabel(self, classes: Sequence[str]) -> None:
+        """Label by ``classes`` (label ``i`` = ``classes[i]``), matching names: boxes of the
+        dataset's other classes leave the targets and the ground truth; a name the dataset
+        lacks gets a category with no ground truth (COCO and VOC scoring skip it)."""
+        new_label = {old: classes.index(n) for old, n in enumerate(self.classes) if n in classes}
+        lookup = np.full(max(len(self.classes), 1), -1, np.int64)
+        for old, new in new_label.items():
+            lookup[old] = new
+        self.records = [
+            r.take(lookup[r.labels] >= 0, lookup[r.labels][lookup[r.labels] >= 0])
+            for r in self.records
+        ]
+        id_of = {n: cat for n, cat in zip(self.classes, self.category_ids) if n in classes}
+        fresh = iter(range(max(self.category_ids, default=0) + 1, 2**31))
+        category_ids = [id_of[n] if n in id_of else next(fresh) for n in classes]
+        gt = copy.copy(self.coco.dataset)
+        kept = set(id_of.values())
+        gt["annotations"] = [a for a in gt["annotations"] if a["category_id"] in kept]
+        gt["categories"] = [{"id": c, "name": n} for c, n in zip(category_ids, classes)]
+        self.classes, self.category_ids = list(classes), category_ids
+        self.coco = coco_from_dict(gt)
 
     def raw_target(self, index: int) -> Target:
         """The training target of ``index`` in original pixels (no transform applied)."""

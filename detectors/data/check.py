@@ -18,10 +18,12 @@ import torch
 
 from detectors.box_ops import box_iou
 from detectors.data.base import DetectionDataset
-from detectors.data.coco import CocoDataset, resolve_coco_paths
+from detectors.data.coco import CocoDataset
 from detectors.data.errors import BAD_ROOT, DataError, Problem
-from detectors.data.synthetic import MANIFEST
+from detectors.data.geometry import BoxSizes, GeometryReport
+from detectors.data.layout import detect_layout
 from detectors.data.voc import ALL_SPLITS, VOCDataset, resolve_voc_roots
+from detectors.data.yolo import YOLODataset
 
 DUPLICATE = "near-duplicate box (same class, IoU >= 0.9)"
 DUPLICATE_IOU = 0.9
@@ -44,6 +46,9 @@ class DataReport:
     problems: list[Problem] = field(default_factory=list)
     num_errors: int = 0  # file-level errors (a training run would stop on the first)
     counts: Counter[str] = field(default_factory=Counter)
+    layout: str = ""  # the layout found (detectors.data.layout), e.g. coco-annotations
+    box_sizes: BoxSizes | None = None  # the training boxes checked (for the geometry)
+    geometry: GeometryReport | None = None  # box sizes against a detector, when asked
 
     @property
     def ok(self) -> bool:
@@ -53,6 +58,7 @@ class DataReport:
     def to_dict(self) -> dict[str, Any]:
         return {
             "kind": self.kind,
+            "layout": self.layout,
             "root": self.root,
             "split": self.split,
             "ok": self.ok,
@@ -67,13 +73,15 @@ class DataReport:
             "problems": [
                 {"path": p.path, "kind": p.kind, "detail": p.detail} for p in self.problems
             ],
+            "geometry": self.geometry.to_dict() if self.geometry is not None else None,
         }
 
     def format(self, max_problems: int = 50) -> str:
         """A human-readable summary, at most ``max_problems`` individual findings."""
         per_class = ", ".join(f"{k} {v}" for k, v in self.objects_per_class.items())
+        layout = f", {self.layout} layout" if self.layout and self.layout != self.kind else ""
         lines = [
-            f"{self.kind} dataset {self.root} (split {self.split}): "
+            f"{self.kind} dataset {self.root} (split {self.split}{layout}): "
             + ("OK" if self.ok else f"{self.num_errors} error(s)"),
             f"  {self.num_images} images ({self.num_empty_images} without objects), "
             f"{self.num_objects} objects, {self.num_ignored} ignored (crowd/difficult)",
@@ -86,6 +94,8 @@ class DataReport:
             lines.append(f"  {problem}")
         if len(self.problems) > max_problems:
             lines.append(f"  ... and {len(self.problems) - max_problems} more")
+        if self.geometry is not None:
+            lines.append(self.geometry.format())
         return "\n".join(lines)
 
     def add(self, problem: Problem) -> None:
@@ -94,26 +104,8 @@ class DataReport:
 
 
 def detect_kind(root: str | Path) -> str:
-    """``"voc"``, ``"synthetic"`` or ``"coco"`` from the layout at ``root``."""
-    path = Path(str(root).split("+")[0]).expanduser()
-    if path.suffix == ".json" or (path / "annotations").is_dir():
-        return "coco"
-    if (path / MANIFEST).is_file():
-        return "synthetic"
-    if (path / "Annotations").is_dir() or (
-        path.is_dir() and any((c / "Annotations").is_dir() for c in path.iterdir())
-    ):
-        return "voc"
-    if path.is_dir() and any(path.glob("*.json")):
-        return "coco"
-    raise DataError(path, "cannot tell the dataset layout (VOC or COCO)", kind=BAD_ROOT)
-
-
-def _coco_splits(root: Path) -> list[str]:
-    """Split names with an annotation file under a COCO-style ``root``."""
-    found = sorted(p.stem.removeprefix("instances_") for p in root.glob("annotations/*.json"))
-    found += sorted(p.stem for p in root.glob("*.json") if p.name != MANIFEST)
-    return found
+    """``"voc"``, ``"coco"``, ``"yolo"`` or ``"synthetic"`` from the layout at ``root``."""
+    return detect_layout(root).kind
 
 
 def check_dataset(
@@ -127,14 +119,16 @@ def check_dataset(
 ) -> DataReport:
     """Check a dataset and return every problem found; raise only if ``root`` is unusable.
 
-    ``kind``: ``"voc"``, ``"coco"``, ``"synthetic"`` or ``"auto"``. ``split=None`` checks
-    everything: every XML of a VOC root, every annotation file of a COCO-style root.
-    ``decode_images`` decodes every image (finds truncated files; slower) instead of only
-    checking that it exists.
+    ``kind``: ``"voc"``, ``"coco"``, ``"yolo"``, ``"synthetic"`` or ``"auto"`` (detected, see
+    :mod:`detectors.data.layout`). ``split=None`` checks everything: every XML of a VOC
+    root, every split of the other layouts. ``decode_images`` decodes every image (finds
+    truncated files; slower) instead of only checking that it exists. The report's
+    ``box_sizes`` are the training targets of what was checked.
     """
-    if kind == "auto":
-        kind = detect_kind(root if isinstance(root, str | Path) else root[0])
+    layout = detect_layout(root, None if kind == "auto" else kind)
+    kind = layout.kind
     datasets: list[DetectionDataset] = []
+    errors: list[Problem] = []
     if kind == "voc":
         split = split or ALL_SPLITS
         datasets.append(
@@ -143,25 +137,44 @@ def check_dataset(
             )
         )
         root_name = "+".join(str(r) for r in resolve_voc_roots(root))
-    elif kind in ("coco", "synthetic"):
-        if not isinstance(root, str | Path):
-            raise DataError(str(root), "a COCO dataset has one root", kind=BAD_ROOT)
-        root_path = Path(root).expanduser()
-        splits = [split] if split else ([""] if root_path.is_file() else _coco_splits(root_path))
-        if not splits:
-            raise DataError(root_path, "no annotation JSON found", kind=BAD_ROOT)
-        for name in splits:
-            ann_file, images_dir = resolve_coco_paths(root_path, name)
-            datasets.append(CocoDataset(ann_file, images_dir, classes=classes, strict=False))
-        split = ",".join(splits) if splits != [""] else root_path.name
-        root_name = str(root_path)
     else:
-        raise ValueError(f"unknown dataset kind {kind!r} (voc, coco, synthetic or auto)")
-
-    report = DataReport(kind=kind, root=root_name, split=split, classes=datasets[0].classes)
+        splits = [split] if split else list(layout.splits)
+        if not splits:
+            raise DataError(layout.root, f"no {kind} split found", kind=BAD_ROOT)
+        for name in splits:
+            files = layout.split(name)
+            try:
+                if kind == "yolo":
+                    datasets.append(
+                        YOLODataset(
+                            files.images, names=layout.names, classes=classes, strict=False
+                        )
+                    )
+                elif files.ann_file is not None and files.images:
+                    datasets.append(
+                        CocoDataset(files.ann_file, files.images[0], classes=classes, strict=False)
+                    )
+                else:
+                    where = str(files.ann_file or layout.root)
+                    errors.append(Problem(where, BAD_ROOT, f"split {name!r}: no images folder"))
+            except DataError as error:  # a split that cannot be read at all: the others can
+                errors.append(Problem(error.path, error.kind, f"split {name!r}: {error.message}"))
+        split = ",".join(splits)
+        root_name = layout.root
+    if not datasets:
+        raise DataError(errors[0].path, errors[0].detail, kind=errors[0].kind)
+    report = DataReport(
+        kind=kind, root=root_name, split=split, classes=datasets[0].classes, layout=layout.name
+    )
     report.objects_per_class = dict.fromkeys(report.classes, 0)
+    for problem in errors:
+        report.add(problem)
+        report.num_errors += 1
     for dataset in datasets:
         _check_one(dataset, report, decode_images)
+    report.box_sizes = BoxSizes.from_records(
+        [r for d in datasets for r in d.records], report.classes
+    )
     return report
 
 

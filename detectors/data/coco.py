@@ -7,7 +7,9 @@
   them) but never become training targets.
 - Images without annotations are kept (negatives).
 - Boxes are sanitized for training (clipped or dropped with a counted problem); the ground
-  truth ``dataset.coco`` keeps the file's own boxes so evaluation matches the official one.
+  truth ``dataset.coco`` keeps the file's own boxes so evaluation matches the official one,
+  except those dropped (degenerate, or wholly outside the image): no detection could match
+  them, and the VOC and YOLO loaders leave them out of their ground truth too.
 """
 
 from __future__ import annotations
@@ -38,35 +40,30 @@ from detectors.data.errors import (
     UNREADABLE_IMAGE,
     DataError,
 )
+from detectors.data.layout import SplitFiles, detect_layout
+from detectors.data.synthetic import MANIFEST
 
 
 def resolve_coco_paths(root: str | Path, split: str) -> tuple[Path, Path]:
-    """``(annotation json, images folder)`` of ``split`` under ``root``.
+    """``(annotation json, images folder)`` of ``split`` under ``root``, in any COCO layout
+    of :mod:`detectors.data.layout` (``root`` may be the JSON itself; ``split`` is then
+    ignored). A split may also be given as the path of its JSON."""
+    files = coco_split(root, split)
+    if files.ann_file is None or not files.images:
+        raise DataError(
+            files.ann_file or root,
+            f"no images folder found for COCO split {files.name!r} (name it with "
+            "data.train.images or data.val.images)",
+            kind=BAD_ROOT,
+        )
+    return files.ann_file, files.images[0]
 
-    Layouts tried, in order: ``root/annotations/instances_<split>.json`` + ``root/<split>/``
-    (COCO 2017), ``root/<split>.json`` + ``root/<split>/images/`` (corrtune's synthetic set)
-    or ``root/<split>/``. ``root`` may also be the JSON file itself: images are then looked
-    for in ``<stem>/images/``, ``<stem>/``, ``images/`` and ``../<stem>/`` next to it (stem
-    without ``instances_``), else in its own folder.
-    """
+
+def coco_split(root: str | Path, split: str) -> SplitFiles:
+    """The files of COCO ``split`` under ``root`` (images folder possibly not found)."""
     root = Path(root).expanduser()
-    if root.is_file():
-        stem = root.stem.removeprefix("instances_")
-        near = [root.parent / stem / "images", root.parent / stem, root.parent / "images"]
-        near += [root.parent.parent / stem]  # annotations/instances_val2017.json -> val2017/
-        return root, next((d for d in near if d.is_dir()), root.parent)
-    if not root.exists():
-        raise DataError(root, "dataset root not found", kind=BAD_ROOT)
-    candidates = [
-        (root / "annotations" / f"instances_{split}.json", root / split),
-        (root / f"{split}.json", root / split / "images"),
-        (root / f"{split}.json", root / split),
-    ]
-    for ann_file, images_dir in candidates:
-        if ann_file.is_file() and images_dir.is_dir():
-            return ann_file, images_dir
-    tried = "; ".join(f"{a.relative_to(root)} + {i.relative_to(root)}/" for a, i in candidates)
-    raise DataError(root, f"no COCO split {split!r} found (tried {tried})", kind=BAD_ROOT)
+    layout = detect_layout(root, "synthetic" if (root / MANIFEST).is_file() else "coco")
+    return next(iter(layout.splits.values())) if root.is_file() else layout.split(split)
 
 
 def read_json(path: Path) -> Any:
@@ -130,17 +127,21 @@ class CocoDataset(DetectionDataset):
                 anns_by_image[checked["image_id"]].append(checked)
 
         records = []
+        dropped: set[Any] = set()  # ids of annotations whose box cannot be kept
         for image_id, (image_path, width, height) in images.items():
             anns = anns_by_image.get(image_id, [])
-            records.append(
-                _record(ann_file, image_id, image_path, width, height, anns, label_of, issues)
+            record = _record(
+                ann_file, image_id, image_path, width, height, anns, label_of, issues, dropped
             )
+            records.append(record)
 
         gt = {
             "info": data.get("info", {}),
             "licenses": data.get("licenses", []),
             "images": [img for img in data["images"] if img.get("id") in images],
-            "annotations": [ann for anns in anns_by_image.values() for ann in anns],
+            "annotations": [
+                ann for anns in anns_by_image.values() for ann in anns if ann["id"] not in dropped
+            ],
             "categories": [c for c in data["categories"] if c.get("id") in label_of],
         }
         super().__init__(
@@ -260,7 +261,9 @@ def _record(
     anns: list[dict[str, Any]],
     label_of: dict[int, int],
     issues: Issues,
+    dropped: set[Any],
 ) -> ImageRecord:
+    """The image's record; the ids of the annotations it had to drop are added to ``dropped``."""
     boxes, labels, ignore = [], [], []
     for ann in anns:
         x, y, w, h = (float(v) for v in ann["bbox"])
@@ -268,6 +271,7 @@ def _record(
         if problem is not None:
             issues.fixed(ann_file, problem, f"image {image_path.name}, annotation {ann['id']}")
         if box is None:
+            dropped.add(ann["id"])
             continue
         boxes.append(box)
         labels.append(label_of[ann["category_id"]])

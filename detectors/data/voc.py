@@ -5,7 +5,8 @@ Conventions (each one a decision; see also ``VOCDataset``):
 - Roots: a VOC folder (``VOCdevkit/VOC2007``, or a flat one like ``bccd/BCCD``), a folder
   holding exactly one such folder (``bccd``), or several combined: a list, or ``a+b``
   (``VOCdevkit/VOC2007+VOC2012``: later parts are resolved next to the first if relative).
-- Splits: ``ImageSets/Main/<split>.txt``, one image id per line. A missing split file is a
+- Splits: ``ImageSets/Main/<split>.txt``, one image id per line (or the path of such a list,
+  relative to the root or the working folder, for one root). A missing split file is a
   ``DataError`` that lists the splits there are (no silent fallback: it would quietly train
   and evaluate on the same images). ``split="all"`` takes every XML in ``Annotations/``.
 - Classes: given names (an object of another class is a ``DataError``), or else the sorted
@@ -117,6 +118,17 @@ def read_split(root: Path, split: str) -> list[str]:
     if split == ALL_SPLITS:
         return sorted(p.stem for p in (root / "Annotations").glob("*.xml"))
     split_file = root / "ImageSets" / "Main" / f"{split}.txt"
+    if split.endswith(".txt") or "/" in split:  # a split list given as a path
+        given = Path(split).expanduser()
+        split_file = next((p for p in (root / given, given) if p.is_file()), given)
+        if not split_file.is_file():
+            names = ", ".join(available_splits(root)) or "none"
+            raise DataError(
+                split_file,
+                f"split list not found (a VOC split is a name from ImageSets/Main: {names}; "
+                "or the path of a list of image ids)",
+                kind=BAD_SPLIT,
+            )
     if not split_file.is_file():
         known = available_splits(root)
         have = f"splits here: {', '.join(known)}" if known else "no ImageSets/Main/*.txt here"
@@ -226,6 +238,8 @@ def _find_image(root: Path, image_id: str, filename: str | None) -> Path | None:
 class VOCRecord(ImageRecord):
     difficult: np.ndarray  # [N] bool, the file's flag for each kept box
 
+    per_box = (*ImageRecord.per_box, "difficult")
+
 
 class VOCDataset(DetectionDataset):
     """VOC detection dataset over one or several roots (see the module docstring).
@@ -245,6 +259,12 @@ class VOCDataset(DetectionDataset):
         strict: bool = True,
     ) -> None:
         self.roots = resolve_voc_roots(root)
+        if len(self.roots) > 1 and (split.endswith(".txt") or "/" in split):
+            raise DataError(
+                split,
+                "a split list given as a path reads one VOC root, not several",
+                kind=BAD_SPLIT,
+            )
         issues = Issues(strict=strict)
         parsed: dict[Path, VOCAnnotation] = {}
         if classes is None:

@@ -42,6 +42,13 @@ class AnchorGenerator:
                 boxes.append([-w / 2, -h / 2, w / 2, h / 2])
         return torch.tensor(boxes, dtype=torch.float32)  # [A, 4]
 
+    def sizes_per_level(self) -> list[list[float]]:
+        """Per level, the side ``sqrt(w·h)`` of each of its anchors (a ratio keeps it)."""
+        return [
+            ((cell[:, 2] - cell[:, 0]) * (cell[:, 3] - cell[:, 1])).sqrt().tolist()
+            for cell in self.cell_anchors
+        ]
+
     def __call__(
         self, feature_sizes: list[tuple[int, int]], device: torch.device
     ) -> tuple[Tensor, list[int]]:

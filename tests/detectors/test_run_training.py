@@ -70,3 +70,32 @@ def test_bccd_preset_trains_and_reports_voc_map(tmp_path: Path, bccd_root: Path)
     assert 0.0 <= final["VOC_mAP"] <= 1.0
     # one of BCCD's two zero-area boxes is in the train split: dropped and counted
     assert final["data_problems"] == 1.0
+
+
+@pytest.mark.bccd
+def test_the_same_images_through_voc_coco_and_yolo_train_to_the_same_metrics(
+    tmp_path: Path, bccd_layouts: dict[str, Path]
+) -> None:
+    from detectors.data import detect_layout
+
+    finals = {}
+    for name in ("voc", "coco_export", "yolo_mapping"):
+        layout = detect_layout(bccd_layouts[name])
+        train_split, val_split = layout.default_splits()
+        overrides = {
+            "data.kind": layout.kind,
+            "data.root": str(bccd_layouts[name]),
+            "data.train_split": train_split,
+            "data.val_split": val_split,
+            "data.image_size": 96,
+            "nms.score_threshold": 0.0,  # detections to score after 4 steps
+        }
+        cfg = load_config(preset="smoke", overrides=overrides)
+        finals[name] = run_training(cfg, out_dir=tmp_path / name, cache_dir=tmp_path / "cache")
+    voc = finals.pop("voc")
+    assert voc["num_detections"] > 0 and voc["data_problems"] == 1.0
+    assert 0 < voc["beta_img"] < 1  # a number every weight of the model moves
+    for name, final in finals.items():
+        shared = {k: v for k, v in voc.items() if not k.startswith("VOC") and "time" not in k}
+        mine = {k: v for k, v in final.items() if "time" not in k}
+        assert mine == pytest.approx(shared, nan_ok=True, rel=0, abs=0), name

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from unittest import mock
 
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from orchestrator.cli import app
@@ -191,22 +193,144 @@ def test_report_of_a_sweep_that_never_ran_is_exit_2(runner: CliRunner, tmp_path:
     assert "no sweep named 'clidemo'" in result.output
 
 
+def _coco_folder(root: Path, names: list[str], splits: tuple[str, ...] = ("train", "val")) -> Path:
+    """A COCO dataset in the images/ + annotations/ layout: one 64 x 48 image per split."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    for split in splits:
+        Image.new("RGB", (64, 48), (200, 30, 30)).save(root / "images" / f"{split}.png")
+        data = {
+            "images": [{"id": 1, "file_name": f"{split}.png", "width": 64, "height": 48}],
+            "annotations": [
+                {"id": i + 1, "image_id": 1, "category_id": i + 1, "bbox": [4 + 20 * i, 4, 16, 16]}
+                for i in range(len(names))
+            ],
+            "categories": [{"id": i + 1, "name": n} for i, n in enumerate(names)],
+        }
+        (root / "annotations").mkdir(exist_ok=True)
+        (root / "annotations" / f"{split}.json").write_text(json.dumps(data))
+    return root
+
+
+def _data_keys(root: Path, train: str, val: str, kind: str = "coco") -> dict[str, object]:
+    return {
+        "data.kind": kind,
+        "data.root": str(root),
+        "data.classes": [],
+        "data.train.ann_file": "",
+        "data.train.images": "",
+        "data.val.ann_file": "",
+        "data.val.images": "",
+        "data.train_split": train,
+        "data.val_split": val,
+    }
+
+
 def test_eval_passes_data_and_split_as_overrides(runner: CliRunner, tmp_path: Path) -> None:
     ckpt = tmp_path / "checkpoint.pt"
+    _coco_folder(tmp_path / "mine", ["cell"], splits=("train2017", "val2017", "test2017"))
     with mock.patch(
         "orchestrator.evaluation.evaluate_checkpoint", return_value={"AP": 0.5}
     ) as evaluate:
         result = runner.invoke(
-            app, ["eval", str(ckpt), "--data", "voc", "--split", "test", "--set", "nms.kind=soft"]
+            app,
+            ["eval", str(ckpt), "--data", "mine", "--split", "test2017", "--set", "nms.kind=soft"],
         )
     assert result.exit_code == 0, result.output
     assert '"AP": 0.5' in result.output
     overrides = evaluate.call_args.args[1]
-    assert overrides == {
-        "data.root": str(tmp_path / "voc"),
-        "data.val_split": "test",
+    assert overrides == _data_keys(tmp_path / "mine", "train2017", "val2017") | {
+        "data.val_split": "test2017",  # --split wins
         "nms.kind": "soft",
     }
+
+
+def test_data_is_detected_for_train_and_sweep(runner: CliRunner, tmp_path: Path) -> None:
+    _coco_folder(tmp_path / "mine", ["cell"])
+    with mock.patch("detectors.engine.run_training", return_value={"AP": 0.1}) as train:
+        result = runner.invoke(
+            app, ["train", "--preset", "smoke", "--data", "mine", "--set", "data.val_split=train"]
+        )
+    assert result.exit_code == 0, result.output
+    cfg = train.call_args.args[0]
+    assert (cfg.data.kind, cfg.data.root) == ("coco", str(tmp_path / "mine"))
+    assert (cfg.data.train_split, cfg.data.val_split) == ("train", "train")  # --set wins
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    done = SweepResult("clidemo", "p", {}, 1.0, None, "FINISHED")
+    with mock.patch("orchestrator.sweep.run_sweep", return_value=done) as run:
+        result = runner.invoke(app, ["sweep", str(space), "--data", "mine"])
+    assert result.exit_code == 0, result.output
+    (_, opts), _ = run.call_args
+    assert opts.overrides == _data_keys(tmp_path / "mine", "train", "val")
+
+
+def test_bad_data_is_one_line_and_exit_2(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE)
+    for args in (
+        ["train", "--preset", "smoke", "--data", "empty"],
+        ["sweep", str(space), "--data", "empty", "--dry-run"],
+        ["data", "check", "--data", "empty"],
+        ["eval", str(tmp_path / "x.pt"), "--data", "empty"],
+    ):
+        result = runner.invoke(app, args)
+        assert result.exit_code == 2, (args, result.output)
+        lines = [ln for ln in result.output.splitlines() if ln.strip()]
+        assert len(lines) == 1 and "cannot tell the dataset layout" in lines[0], args
+    _coco_folder(tmp_path / "one", ["cell"], splits=("only",))
+    result = runner.invoke(app, ["train", "--preset", "smoke", "--data", "one"])
+    assert result.exit_code == 2 and "Traceback" not in result.output
+    assert "no COCO split 'train' (splits here: only;" in result.output
+
+
+def test_data_check_reports_the_geometry(runner: CliRunner, tmp_path: Path) -> None:
+    _coco_folder(tmp_path / "mine", ["cell", "dot"])
+    result = runner.invoke(app, ["data", "check", "--data", "mine", "--preset", "bccd"])
+    assert result.exit_code == 0, result.output
+    out = result.output
+    assert "coco dataset" in out and "coco-annotations layout" in out
+    # 16 px boxes of a 64 px image at bccd's 256 px: 64 px sides
+    assert "box sizes at 256 px (retinanet: anchors 20-127 px on P3-P5" in out
+    assert re.search(r"cell\s+2\s+64\.0\s+64\.0\s+64\.0\s+1\.00", out), out
+    fitted = runner.invoke(app, ["data", "check", "mine"])  # the custom-cpu preset fits
+    assert "preset custom-cpu fits to these boxes (fit.* auto): data.image_size=" in fitted.output
+
+
+@pytest.fixture(scope="module")
+def smoke_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from detectors.config import load_config
+    from detectors.engine import run_training
+
+    out = tmp_path_factory.mktemp("ckpt")
+    cfg = load_config("smoke", overrides={"train.iterations": 1})
+    run_training(cfg, out_dir=out / "run", cache_dir=out / "cache")
+    return out / "run" / "checkpoint.pt"
+
+
+def test_eval_on_other_classes_is_one_line_naming_both(
+    runner: CliRunner, tmp_path: Path, smoke_checkpoint: Path
+) -> None:
+    from detectors.data import SHAPE_CLASSES
+
+    _coco_folder(tmp_path / "other", ["ring", "cat"])
+    result = runner.invoke(app, ["eval", str(smoke_checkpoint), "--data", "other"])
+    assert result.exit_code == 2, result.output
+    lines = [ln for ln in result.output.splitlines() if ln.strip()]
+    assert len(lines) == 1 and "Traceback" not in result.output
+    assert str(list(SHAPE_CLASSES)) in lines[0] and "['ring', 'cat']" in lines[0]
+    assert "1 names are shared (ring): --classes-by-name" in lines[0]
+    mapped = runner.invoke(
+        app, ["eval", str(smoke_checkpoint), "--data", "other", "--classes-by-name"]
+    )
+    assert mapped.exit_code == 0, mapped.output
+    assert '"AP/ring"' in mapped.output and '"AP/cat"' not in mapped.output
+    _coco_folder(tmp_path / "disjoint", ["cat"])
+    result = runner.invoke(app, ["eval", str(smoke_checkpoint), "--data", "disjoint"])
+    assert result.exit_code == 2 and "no class name is shared" in result.output
+    _coco_folder(tmp_path / "shuffled", list(reversed(SHAPE_CLASSES)))  # same names
+    result = runner.invoke(app, ["eval", str(smoke_checkpoint), "--data", "shuffled"])
+    assert result.exit_code == 0, result.output
 
 
 def test_eval_of_a_missing_checkpoint_exits_2(runner: CliRunner, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,32 @@ def test_relative_data_root_is_made_absolute_for_workers(
     assert first == str(tmp_path / "VOCdevkit" / "VOC2007")
     assert second == str(tmp_path / "VOCdevkit" / "VOC2012")  # next to the first part
     assert trial_config(space, {}).data.root == ""  # the synthetic default stays a cache
+
+
+def test_split_files_without_a_root_are_made_absolute_and_fits_resolved(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from PIL import Image
+
+    (tmp_path / "pics").mkdir()
+    Image.new("RGB", (64, 48)).save(tmp_path / "pics" / "a.png")
+    ann = {
+        "images": [{"id": 1, "file_name": "a.png", "width": 64, "height": 48}],
+        "annotations": [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [0, 0, 16, 16]}],
+        "categories": [{"id": 1, "name": "cell"}],
+    }
+    (tmp_path / "train.json").write_text(json.dumps(ann))
+    monkeypatch.chdir(tmp_path)
+    space = load_space(write(tmp_path, VALID))
+    files = {"data.kind": "coco", "data.train.ann_file": "train.json", "data.train.images": "pics"}
+    cfg = trial_config(space, {}, files | {"fit.geometry": "auto", "fit.schedule": "auto"})
+    assert cfg.data.train.ann_file == str(tmp_path / "train.json")
+    assert cfg.data.train.images == str(tmp_path / "pics")
+    # fitted here, in the driver: the numbers are what MLflow logs for the trial
+    assert (cfg.fit.geometry, cfg.fit.schedule) == ("fitted", "fitted")
+    assert cfg.train.iterations == 6  # 24 epochs of 1 image in batches of 4
+    # 16 px boxes at 64 px: the reach starts at 16 px with scale 16 sqrt2 / 8 on P3
+    assert (cfg.model.min_level, cfg.model.anchor_scale) == (3, 2.828)
 
 
 def test_short_names_disambiguate_colliding_leaves() -> None:
