@@ -194,14 +194,20 @@ class TrainConfig:
     weight_decay: float = 1e-4
     warmup_iters: int = 50  # linear warm-up from warmup_factor * lr
     warmup_factor: float = 0.001
-    lr_steps: tuple[float, ...] = (0.75, 0.9)  # fractions of `iterations` where lr drops 10x
+    # After the warm-up: "step" drops lr 10x at each of `lr_steps` (fractions of
+    # `iterations`); "cosine" decays it to 0 along a half cosine over the remaining steps.
+    schedule: Literal["step", "cosine"] = "step"
+    lr_steps: tuple[float, ...] = (0.75, 0.9)  # schedule "step": where lr drops 10x
+    ema_decay: float = 0.0  # >0: evaluate (and checkpoint) an exponential moving average
     grad_clip: float = 10.0  # max gradient norm; 0 disables clipping
     seed: int = 0
     eval_every: int = 0  # evaluate every N iterations (0: only at the end)
     log_every: int = 20  # iterations between training-metric reports
     checkpoint_every: int = 0  # iterations between checkpoints (0: only at the end)
     num_threads: int = 0  # torch CPU threads per worker (0: leave torch's default)
-    amp: Literal["off", "bf16", "fp16"] = "off"  # autocast on CUDA
+    # Autocast: bf16 on CUDA, or on a CPU with native bf16 (avx512_bf16 / amx_bf16; others
+    # train in fp32 and say so); fp16 (with a GradScaler) on CUDA only.
+    amp: Literal["off", "bf16", "fp16"] = "off"
     num_workers: int = 1  # DDP workers (Ray Train); each gets batch_size / num_workers
     use_gpu: bool = False
     sync_bn: bool = False  # DDP on GPUs: BatchNorm statistics over the global batch
@@ -270,6 +276,7 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("assign.bg_iou", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("assign.alpha", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("loss.corr.weight", lambda v: v >= 0, "must be non-negative"),
+    ("train.ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1) (0: off)"),
     ("loss.corr.strength", lambda v: v > 0, "must be positive"),
     ("loss.dc.eps", lambda v: v > 0, "must be positive"),
     ("nms.iou_threshold", lambda v: 0 < v <= 1, "must be in (0, 1]"),

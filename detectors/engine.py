@@ -9,11 +9,13 @@ with or without ``torch.distributed`` initialized (DDP when the world is larger 
 
 from __future__ import annotations
 
+import copy
 import math
 import os
 import random
 import time
 import typing
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -71,8 +73,14 @@ def build_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer
 
 
 def lr_factor(iteration: int, cfg: TrainConfig) -> float:
-    """Linear warm-up from ``warmup_factor`` then 10x drops at ``lr_steps`` (fractions)."""
-    factor = 0.1 ** sum(iteration >= int(s * cfg.iterations) for s in cfg.lr_steps)
+    """Linear warm-up from ``warmup_factor``, then 10x drops at ``lr_steps`` (fractions) or a
+    half cosine from 1 to 0 over the steps after the warm-up (``schedule``)."""
+    if cfg.schedule == "cosine":
+        span = max(cfg.iterations - cfg.warmup_iters, 1)
+        done = min(max(iteration - cfg.warmup_iters, 0), span)
+        factor = 0.5 * (1 + math.cos(math.pi * done / span))
+    else:
+        factor = 0.1 ** sum(iteration >= int(s * cfg.iterations) for s in cfg.lr_steps)
     if iteration < cfg.warmup_iters:
         alpha = iteration / cfg.warmup_iters
         factor *= cfg.warmup_factor * (1 - alpha) + alpha
@@ -207,12 +215,12 @@ class Trainer:
     def __post_init__(self) -> None:
         enabled = self.cfg.amp == "fp16" and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=enabled)
+        self.autocast = autocast_enabled(self.cfg.amp, self.device)
 
     @property
     def detector(self) -> nn.Module:
         """The detector itself (unwrapped from DDP): what checkpoints hold."""
-        net = self.model
-        return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+        return trainer_model(self.model)
 
     @property
     def last_step(self) -> bool:
@@ -224,11 +232,7 @@ class Trainer:
             group["lr"] = self.cfg.scaled_lr * lr_factor(self.iteration, self.cfg)
         # Assigners with a warm-up read it (nn.Module types attributes as tensors or modules).
         self.detector.iteration = self.iteration  # type: ignore[assignment]
-        with torch.autocast(
-            self.device.type,
-            dtype=_AMP[self.cfg.amp],
-            enabled=self.cfg.amp != "off" and self.device.type == "cuda",
-        ):
+        with torch.autocast(self.device.type, dtype=_AMP[self.cfg.amp], enabled=self.autocast):
             losses, stats = self.model(images.to(self.device), to_device(targets, self.device))
         total = sum(losses.values())
         assert isinstance(total, Tensor)
@@ -278,6 +282,38 @@ class Trainer:
         return {type(h).__name__: h.state_dict() for h in self.hooks}
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bf16 natively (AVX512-BF16 or AMX-BF16; Linux flags)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(f in flags.split() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def autocast_enabled(amp: str, device: torch.device) -> bool:
+    """Whether ``train.amp`` turns autocast on for ``device``; where it cannot, the run
+    trains in fp32 and warns once (bf16 on a CPU without native bf16 is slower than fp32;
+    fp16 autocast and its GradScaler are for CUDA)."""
+    if amp == "off":
+        return False
+    if device.type == "cuda":
+        return True
+    if amp == "bf16" and device.type == "cpu" and cpu_has_native_bf16():
+        return True
+    warnings.warn(
+        f"train.amp={amp} on this {device.type} (no native bf16: no avx512_bf16/amx_bf16 flag) "
+        "trains in fp32",
+        stacklevel=2,
+    )
+    return False
+
+
+def trainer_model(model: nn.Module) -> nn.Module:
+    """``model`` unwrapped from DDP."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
 _AMP = {"off": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
@@ -305,6 +341,10 @@ def save_checkpoint(
         "hooks": trainer.hook_states(),
         "record": record,
         "classes": list(classes),
+        # What evaluations used: the weight average when there is one (corrtune eval).
+        "eval_model": next(
+            (h.model.state_dict() for h in trainer.hooks if isinstance(h, WeightAverage)), None
+        ),
         "rng": {
             "torch": torch.get_rng_state(),
             "numpy": np.random.get_state(),
@@ -419,6 +459,37 @@ class Clock(Hook):
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.before_s = float(state.get("elapsed_s", 0.0))
+
+
+class WeightAverage(Hook):
+    """An exponential moving average of the weights, updated after every step; evaluations
+    and checkpoints use it. The decay ramps up as ``min(decay, (1 + t) / (10 + t))`` so the
+    first steps' random weights fade fast; buffers (BatchNorm statistics) are copied."""
+
+    def __init__(self, model: nn.Module, *, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+        self.parameters = {name for name, _ in self.model.named_parameters()}
+        self.updates = 0
+
+    @torch.no_grad()
+    def after_step(self, trainer: Trainer, out: StepOutput, record: StepRecord) -> None:
+        self.updates += 1
+        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        live = trainer.detector.state_dict()
+        for name, averaged in self.model.state_dict().items():
+            if name in self.parameters:
+                averaged.lerp_(live[name], 1 - decay)
+            else:
+                averaged.copy_(live[name])
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "weights": self.model.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if state:
+            self.updates = int(state["updates"])
+            self.model.load_state_dict(state["weights"])
 
 
 class Checkpointing(Hook):
@@ -539,12 +610,19 @@ def run_training(
     optimizer = build_optimizer(model, cfg.train)
     out_dir.mkdir(parents=True, exist_ok=True)
 
+    averaging = (
+        WeightAverage(trainer_model(model), decay=cfg.train.ema_decay)
+        if cfg.train.ema_decay
+        else None
+    )
+
     def evaluate_fn(trainer: Trainer) -> dict[str, float]:
         if rank != 0:
             return {}
         # The last evaluation also measures how much AP would move on other images.
         bootstrap = BOOTSTRAP_SAMPLES if trainer.last_step else 0
-        return evaluate(trainer.model, val_loader, val_set, device, bootstrap=bootstrap)
+        evaluated = averaging.model if averaging is not None else trainer.model
+        return evaluate(evaluated, val_loader, val_set, device, bootstrap=bootstrap)
 
     checkpointing = Checkpointing(
         directory=out_dir, every=cfg.train.checkpoint_every, cfg=cfg, classes=train_set.classes
@@ -557,6 +635,7 @@ def run_training(
         cfg=cfg.train,
         device=device,
         hooks=[
+            *([averaging] if averaging is not None else []),
             TrainMetrics(log_every=cfg.train.log_every, batch_size=cfg.train.batch_size),
             Evaluation(evaluate_fn=evaluate_fn, eval_every=cfg.train.eval_every),
             Clock(),

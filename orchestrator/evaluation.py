@@ -41,7 +41,8 @@ def evaluate_checkpoint(
         val_set.relabel(model_classes)
     model = build_detector(cfg, num_classes=len(model_classes))
     try:
-        model.load_state_dict(state["model"])
+        # The weights the run's own evaluations used (its weight average, if it kept one).
+        model.load_state_dict(state.get("eval_model") or state["model"])
     except RuntimeError as exc:  # a --set that changed the architecture
         first = str(exc).strip().splitlines()
         raise ConfigError(

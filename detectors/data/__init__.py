@@ -9,6 +9,7 @@ with a dataset; ``ensure_synthetic`` makes the synthetic shapes set.
 
 from __future__ import annotations
 
+import json
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
@@ -28,9 +29,10 @@ from torch.utils.data import (
 
 from detectors.data.base import DetectionDataset, Target, Transform
 from detectors.data.check import DataReport, check_dataset, detect_kind
-from detectors.data.coco import CocoDataset, coco_split, resolve_coco_paths
+from detectors.data.coco import CachedCocoDataset, CocoDataset, coco_split, resolve_coco_paths
 from detectors.data.errors import DataError, Problem
 from detectors.data.layout import Layout, SplitFiles, coco_images_near, detect_layout
+from detectors.data.pixels import cache_folder_images, has_pixel_cache
 from detectors.data.synthetic import SHAPE_CLASSES, SyntheticSpec, ensure_synthetic
 from detectors.data.transforms import build_transforms, collate, reseed_transforms
 from detectors.data.voc import VOCDataset
@@ -135,8 +137,13 @@ def build_dataset(
                 else SyntheticSpec(**(synthetic or {}))
             )
             root = ensure_synthetic(root, **asdict(spec))
-        return CocoDataset(
-            root / f"{split}.json", root / split / "images", classes=classes, transforms=transforms
+        images = root / split / "images"
+        if not has_pixel_cache(images):  # a set generated before the cache existed
+            with open(root / f"{split}.json", encoding="utf-8") as f:
+                listed = json.load(f)["images"]
+            cache_folder_images(images, [(im["id"], images / im["file_name"]) for im in listed])
+        return CachedCocoDataset(
+            root / f"{split}.json", images, classes=classes, transforms=transforms
         )
     raise ValueError(f"unknown dataset kind {kind!r}; expected one of {DATASET_KINDS}")
 

@@ -41,6 +41,7 @@ from detectors.data.errors import (
     DataError,
 )
 from detectors.data.layout import SplitFiles, detect_layout
+from detectors.data.pixels import open_pixel_cache
 from detectors.data.synthetic import MANIFEST
 
 
@@ -291,3 +292,18 @@ def _record(
         labels=np.asarray(labels, np.int64),
         ignore=np.asarray(ignore, bool),
     )
+
+
+class CachedCocoDataset(CocoDataset):
+    """A :class:`CocoDataset` whose images are read from the pixel cache of its images
+    folder (:mod:`detectors.data.pixels`; the files stay the reference, the cache holds
+    their decoded pixels)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        folder = Path(self.records[0].image_path).parent if self.records else Path()
+        self.pixels, row_of = open_pixel_cache(folder)
+        self.rows = [row_of[int(record.image_id)] for record in self.records]
+
+    def load_image(self, index: int) -> Image.Image:
+        return Image.fromarray(np.asarray(self.pixels[self.rows[index]]))

@@ -7,7 +7,8 @@ earlier ones; an object is annotated with the box of its VISIBLE pixels (``area`
 count) and dropped when less than ``min_visible`` of it is visible (its fragments stay in
 the image as clutter, as unannotated occluded objects do in real data).
 
-Layout of a generated folder: ``<split>/images/NNNNNN.png`` and ``<split>.json`` (COCO) for
+Layout of a generated folder: ``<split>/images/NNNNNN.png`` (and the same pixels decoded in
+``<split>/images/images.npy``, :mod:`detectors.data.pixels`) and ``<split>.json`` (COCO) for
 ``train`` and ``val``, plus ``manifest.json`` with the parameters. ``ensure_synthetic``
 keeps one such folder per parameter set in a cache directory.
 """
@@ -22,6 +23,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +32,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from detectors.data.errors import BAD_ROOT, DataError
+from detectors.data.pixels import write_pixel_cache
 
 # Bump whenever the drawing changes: it is part of the cache key, so old caches are not reused.
 GENERATOR_VERSION = 1
@@ -218,6 +221,44 @@ def render_sample(spec: SyntheticSpec, split: str, index: int) -> Sample:
     return Sample(pixels, instances, objects, num_objects)
 
 
+def _render_split(
+    spec: SyntheticSpec,
+    split: str,
+    images_dir: Path,
+    images: list[dict[str, Any]],
+    annotations: list[dict[str, Any]],
+) -> Iterator[tuple[int, np.ndarray]]:
+    """Draw every image of ``split``: save its PNG, append its COCO image and annotations,
+    and yield ``(image_id, pixels)``."""
+    for index in range(spec.num_images(split)):
+        sample = render_sample(spec, split, index)
+        file_name = f"{index:06d}.png"
+        Image.fromarray(sample.image).save(images_dir / file_name, compress_level=1)
+        image_id = index + 1
+        images.append(
+            {
+                "id": image_id,
+                "file_name": file_name,
+                "width": spec.image_size,
+                "height": spec.image_size,
+            }
+        )
+        for obj in sample.objects:
+            x0, y0, x1, y1 = obj.box
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": obj.label + 1,
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "area": obj.visible_pixels,
+                    "iscrowd": 0,
+                    "visible_fraction": round(obj.visible_pixels / obj.full_pixels, 4),
+                }
+            )
+        yield image_id, sample.image
+
+
 def generate_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> None:
     """Write the set into ``out_dir`` (not atomic: ``ensure_synthetic`` makes it so)."""
     out_dir = Path(out_dir)
@@ -227,32 +268,10 @@ def generate_synthetic(out_dir: str | Path, spec: SyntheticSpec) -> None:
         images_dir.mkdir(parents=True, exist_ok=True)
         images: list[dict[str, Any]] = []
         annotations: list[dict[str, Any]] = []
-        for index in range(spec.num_images(split)):
-            sample = render_sample(spec, split, index)
-            file_name = f"{index:06d}.png"
-            Image.fromarray(sample.image).save(images_dir / file_name, compress_level=1)
-            image_id = index + 1
-            images.append(
-                {
-                    "id": image_id,
-                    "file_name": file_name,
-                    "width": spec.image_size,
-                    "height": spec.image_size,
-                }
-            )
-            for obj in sample.objects:
-                x0, y0, x1, y1 = obj.box
-                annotations.append(
-                    {
-                        "id": len(annotations) + 1,
-                        "image_id": image_id,
-                        "category_id": obj.label + 1,
-                        "bbox": [x0, y0, x1 - x0, y1 - y0],
-                        "area": obj.visible_pixels,
-                        "iscrowd": 0,
-                        "visible_fraction": round(obj.visible_pixels / obj.full_pixels, 4),
-                    }
-                )
+
+        # The PNGs are the set; the pixel cache beside them spares every reader the decoding.
+        pixels = _render_split(spec, split, images_dir, images, annotations)
+        write_pixel_cache(images_dir, pixels, spec.num_images(split))
         coco = {
             "info": {"description": f"corrtune synthetic shapes v{GENERATOR_VERSION} {split}"},
             "images": images,

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import os
 from pathlib import Path
@@ -333,3 +334,68 @@ def test_metrics_json_is_strict_json(tmp_path: Path, cache: Path) -> None:
     text = (tmp_path / "metrics.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     json.loads(text, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
+
+
+def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
+    cfg = smoke(
+        **{"train.schedule": "cosine", "train.iterations": 110, "train.warmup_iters": 10}
+    ).train
+    assert engine.lr_factor(0, cfg) == pytest.approx(cfg.warmup_factor)
+    assert engine.lr_factor(10, cfg) == pytest.approx(1.0)  # the peak, after the warm-up
+    assert engine.lr_factor(60, cfg) == pytest.approx(0.5)  # half-way down the half cosine
+    assert engine.lr_factor(110, cfg) == pytest.approx(0.0, abs=1e-12)
+    values = [engine.lr_factor(i, cfg) for i in range(10, 111)]
+    assert all(a >= b for a, b in itertools.pairwise(values))  # never rises after the peak
+
+
+def test_weight_average_follows_the_ramped_decay() -> None:
+    from types import SimpleNamespace
+
+    live = torch.nn.Linear(2, 1)
+    torch.nn.init.zeros_(live.weight)
+    average = engine.WeightAverage(live, decay=0.9)
+    trainer = SimpleNamespace(detector=live)
+    expected = torch.zeros_like(live.weight)
+    for t in range(1, 40):
+        with torch.no_grad():
+            live.weight.fill_(float(t))
+        average.after_step(trainer, engine.StepOutput({}, {}), engine.StepRecord())  # type: ignore[arg-type]
+        decay = min(0.9, (1 + t) / (10 + t))
+        expected = decay * expected + (1 - decay) * t
+    assert torch.allclose(average.model.weight, expected)
+    assert not average.model.weight.requires_grad
+    restored = engine.WeightAverage(live, decay=0.9)
+    restored.load_state_dict(average.state_dict())
+    assert restored.updates == 39 and torch.equal(restored.model.weight, average.model.weight)
+
+
+def test_a_run_with_a_weight_average_evaluates_and_keeps_it(tmp_path: Path, cache: Path) -> None:
+    cfg = smoke(**{"train.iterations": 3, "train.ema_decay": 0.5})
+    run_training(cfg, out_dir=tmp_path, cache_dir=cache)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    assert state["eval_model"] is not None
+    differs = [k for k, v in state["model"].items() if not torch.equal(v, state["eval_model"][k])]
+    assert differs  # the average is not the last weights
+
+
+@pytest.mark.parametrize(
+    ("amp", "device", "native", "expected"),
+    [
+        ("off", "cpu", True, False),
+        ("bf16", "cpu", True, True),
+        ("bf16", "cpu", False, False),  # no native bf16: fp32, with a warning
+        ("fp16", "cpu", True, False),  # fp16 autocast is for CUDA
+        ("bf16", "cuda", False, True),
+    ],
+)
+def test_autocast_is_on_only_where_it_computes_natively(
+    amp: str, device: str, native: bool, expected: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import warnings
+
+    monkeypatch.setattr(engine, "cpu_has_native_bf16", lambda: native)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        assert engine.autocast_enabled(amp, torch.device(device)) is expected
+    warned = any("trains in fp32" in str(w.message) for w in caught)
+    assert warned == (amp != "off" and not expected)

@@ -33,8 +33,23 @@ def small_set(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_same_seed_gives_identical_files(small_set: Path, tmp_path: Path) -> None:
     generate_synthetic(tmp_path, SMALL)
     first, second = _files(small_set), _files(tmp_path)
-    assert len(first) == SMALL.num_train + SMALL.num_val + 3  # PNGs + 2 JSON + manifest
+    # PNGs + 2 JSON + manifest + per split the pixel cache (images.npy, image_ids.npy)
+    assert len(first) == SMALL.num_train + SMALL.num_val + 3 + 4
     assert first == second
+
+
+def test_the_pixel_cache_holds_the_pngs_pixels(small_set: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    for split in ("train", "val"):
+        folder = small_set / split / "images"
+        pixels = np.load(folder / "images.npy")
+        ids = np.load(folder / "image_ids.npy")
+        assert len(pixels) == len(ids) == SMALL.num_images(split)
+        for row in (0, len(ids) - 1):
+            png = np.asarray(Image.open(folder / f"{ids[row] - 1:06d}.png").convert("RGB"))
+            assert (pixels[row] == png).all()
 
 
 def test_different_seed_gives_different_data(small_set: Path, tmp_path: Path) -> None:
