@@ -6,12 +6,15 @@ weights_backbone=None``): same architecture (ResNet-50, FPN 256 on P3-P7, 4-conv
 trainable BatchNorm, no frozen stages), same square input size, same batch and the same
 random boxes; one training step = forward + backward + SGD step. Repeats alternate between
 the two models so machine noise hits both alike; the reported figure is the median over
-repeats of ``ours / torchvision`` images per second (> 1: ours is faster). Peak memory of a
-training step: on CUDA ``max_memory_allocated``; on the CPU the peak resident set size above
-the built model's, each model measured alone in a fresh subprocess (RSS is per process).
+repeats of ``ours / torchvision`` images per second (> 1: ours is faster), with the
+interquartile range of the per-repeat ratios; when that range holds 1, or is wider than a
+quarter of the median, the comparison is inconclusive and the report says so. Peak memory
+of a training step: on CUDA ``max_memory_allocated``; on the CPU the peak resident set size
+above the built model's, each model measured alone in a fresh subprocess (RSS is per
+process).
 
-    python benchmarks/bench_throughput.py [--size 320] [--batch 2] [--iters 3] [--repeats 3]
-        [--threads 2] [--device cpu] [--out results/bench/throughput]
+    python benchmarks/bench_throughput.py [--size 320] [--batch 2 [8 ...]] [--iters 20]
+        [--repeats 5] [--threads 2] [--device cpu] [--out results/bench/throughput]
 """
 
 from __future__ import annotations
@@ -167,7 +170,23 @@ def _vm_hwm_mb() -> float:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def compare(name: str, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
+def quartiles(values: list[float]) -> tuple[float, float]:
+    q = statistics.quantiles(values, n=4, method="inclusive") if len(values) > 1 else values * 3
+    return q[0], q[2]
+
+
+def verdict(median: float, low: float, high: float) -> str:
+    """ "ours faster" / "torchvision faster" when the interquartile range of the ratios
+    stays on one side of 1 and is narrower than a quarter of the median; else inconclusive."""
+    if low <= 1.0 <= high or (high - low) > 0.25 * median:
+        return "inconclusive (the spread allows no verdict)"
+    return "ours faster" if low > 1.0 else "torchvision faster"
+
+
+def compare(
+    name: str, batch_size: int, args: argparse.Namespace, device: torch.device
+) -> dict[str, Any]:
+    args = argparse.Namespace(**{**vars(args), "batch": batch_size})
     batch = random_batch(args.batch, args.size, device)
     torch.manual_seed(0)
     steps = {
@@ -186,14 +205,19 @@ def compare(name: str, args: argparse.Namespace, device: torch.device) -> dict[s
         order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
         for key in order:
             seconds[key].append(timed(steps[key], args.iters, device))
-    mean = {k: [statistics.fmean(r) for r in v] for k, v in seconds.items()}
-    ratios = [t / o for o, t in zip(mean["ours"], mean["torchvision"])]
+    # Per repeat, the median step (one slow step from other load does not move it).
+    median = {k: [statistics.median(r) for r in v] for k, v in seconds.items()}
+    ratios = [t / o for o, t in zip(median["ours"], median["torchvision"])]
     fastest = {k: min(min(r) for r in v) for k, v in seconds.items()}
+    low, high = quartiles(ratios)
     return {
-        "images_per_s": {k: args.batch / statistics.median(v) for k, v in mean.items()},
+        "batch": args.batch,
+        "images_per_s": {k: args.batch / statistics.median(v) for k, v in median.items()},
         "sec_per_step": seconds,
         "peak_mem_mb": memory,
         "ratio_median": statistics.median(ratios),
+        "ratio_iqr": [low, high],
+        "verdict": verdict(statistics.median(ratios), low, high),
         "ratios": ratios,
         # On a shared machine other load only slows steps down: the fastest step of each is
         # the least disturbed estimate.
@@ -209,27 +233,30 @@ def markdown(report: dict[str, Any]) -> str:
         f"`{report['command']}`",
         "",
         f"{report['device']}, {a['threads']} threads, input {a['size']}x{a['size']}, "
-        f"batch {a['batch']}, {a['iters']} steps x {a['repeats']} interleaved repeats; "
+        f"batch {', '.join(map(str, a['batch']))}, {a['iters']} timed steps x "
+        f"{a['repeats']} interleaved repeats (after one warm-up step each); "
         f"torch {report['torch']}, torchvision {report['torchvision']}; load average "
         f"{report['load_average'][0]:.1f} -> {report['load_average'][1]:.1f} on "
         f"{report['cpu_count']} cores.",
         "",
-        "| detector | ours img/s | torchvision img/s | ratio (median) | ratios "
-        "| ratio (fastest step) | peak MB ours / tv |",
-        "|---|---|---|---|---|---|---|",
+        "| detector | batch | ours img/s | torchvision img/s | ratio (median) | IQR "
+        "| verdict | ratio (fastest step) | peak MB ours / tv |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, r in report["results"].items():
         ips, mem = r["images_per_s"], r["peak_mem_mb"]
         mem_text = f"{mem['ours']:.0f} / {mem['torchvision']:.0f}"
+        low, high = r["ratio_iqr"]
         lines.append(
-            f"| {name} R50-FPN | {ips['ours']:.2f} | {ips['torchvision']:.2f} | "
-            f"{r['ratio_median']:.2f}x | {', '.join(f'{x:.2f}' for x in r['ratios'])} | "
-            f"{r['ratio_fastest_step']:.2f}x | {mem_text} |"
+            f"| {name.split()[0]} R50-FPN | {r['batch']} | {ips['ours']:.2f} | "
+            f"{ips['torchvision']:.2f} | {r['ratio_median']:.2f}x | {low:.2f}-{high:.2f} | "
+            f"{r['verdict']} | {r['ratio_fastest_step']:.2f}x | {mem_text} |"
         )
     lines += [
         "",
-        "ratio = ours / torchvision images per second (> 1: ours is faster); median over the",
-        "interleaved repeats, and from each model's fastest single step (robust to other load).",
+        "ratio = ours / torchvision images per second (> 1: ours is faster): per repeat the",
+        "median step of each, then the median (and interquartile range) over the interleaved",
+        "repeats; and from each model's fastest single step (robust to other load).",
         "Peak MB: CUDA max allocated in a step; CPU: peak RSS growth over a step above the",
         "built model with its optimizer state (each model alone in a fresh process).",
     ]
@@ -239,9 +266,9 @@ def markdown(report: dict[str, Any]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=320)
-    parser.add_argument("--batch", type=int, default=2)
-    parser.add_argument("--iters", type=int, default=3, help="timed steps per repeat")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--batch", type=int, nargs="+", default=[2])
+    parser.add_argument("--iters", type=int, default=20, help="timed steps per repeat")
+    parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--detectors", nargs="+", default=sorted(TORCHVISION))
@@ -250,7 +277,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     load_before = os.getloadavg()
-    results = {name: compare(name, args, device) for name in args.detectors}
+    results = {
+        f"{name} b{batch}": compare(name, batch, args, device)
+        for name in args.detectors
+        for batch in args.batch
+    }
     report = {
         "command": shlex.join(["python", *sys.argv]),
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",

@@ -1,13 +1,16 @@
-"""The tiny preset's time-to-AP curve: COCO AP on the synthetic val split against training
-seconds (evaluation time excluded), measured by evaluating every ``--eval-every`` steps of
-one run of the preset's own schedule.
+"""Time to AP of the tiny preset: the previous recipe and the current one, side by side.
 
-    .venv/bin/python benchmarks/bench_time_to_ap.py --preset tiny --eval-every 250
+Both recipes train at the same time, each in its own process pinned to its own core (one
+thread each), so whatever else loads the machine slows both alike; each evaluates COCO AP
+on the synthetic val split every ``--eval-every`` iterations. Time to AP is the training
+time (evaluations excluded) at the first evaluation reaching ``--goal``; the headline is
+the ratio previous / current. Writes ``results/bench/time_to_ap.{md,json,png}``.
 
-The curve of one run with periodic evaluation is the curve of that schedule: AP at an
-intermediate point is before the schedule's learning-rate drops, so it understates what a
-shorter schedule would reach at the same time. The goal line (issue #5) is AP >= 0.5 within
-600 s on 2 cores.
+    .venv/bin/python benchmarks/bench_time_to_ap.py [--eval-every 250] [--goal 0.5]
+
+A curve of one run with periodic evaluation is the curve of that schedule: an intermediate
+point of a schedule with learning-rate drops understates what a shorter schedule would reach
+at that time (the previous recipe's steps sit at 75% and 90%).
 """
 
 from __future__ import annotations
@@ -16,101 +19,193 @@ import argparse
 import json
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-import torch
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 
-from detectors.config import flatten, load_config, parse_override
-from detectors.engine import run_training
+# The tiny preset before the speed work (commit 566df3c), as overrides of today's preset.
+PREVIOUS = {
+    "train.iterations": 1500,
+    "train.batch_size": 16,
+    "train.schedule": "step",
+    "train.lr": 0.006,
+    "train.warmup_iters": 30,
+    "train.lr_steps": [0.75, 0.9],
+    "train.ema_decay": 0.0,
+    "train.log_every": 25,
+    "data.image_size": 128,
+}
+RECIPES = {"previous": PREVIOUS, "current": {}}
 
-GOAL_AP, GOAL_S = 0.5, 600.0
 
+def run_one(overrides: dict[str, Any], eval_every: int, out: Path) -> None:
+    """Child process: train one recipe, append every evaluation to ``out`` (JSON lines)."""
+    import torch
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--eval-every", type=int, default=250)
-    parser.add_argument("--set", action="append", default=[], help="dotted.key=value")
-    parser.add_argument("--out", type=Path, default=Path("results/bench/time_to_ap"))
-    args = parser.parse_args()
-    overrides = dict(parse_override(s) for s in args.set)
-    overrides["train.eval_every"] = args.eval_every
-    cfg = load_config(preset=args.preset, overrides=overrides)
-    points: list[dict[str, float]] = []
-    load_before = os.getloadavg()[0]
+    from detectors.config import load_config
+    from detectors.engine import run_training
+
+    torch.set_num_threads(1)
+    cfg = load_config("tiny", overrides={**overrides, "train.eval_every": eval_every})
 
     def report(record: dict[str, Any], checkpoint: Any) -> None:
         if "val/AP" not in record:
             return
-        train_s = record["train/elapsed_s"] - record["train/eval_time_s"]
         point = {
             "iteration": record["iteration"],
-            "train_s": train_s,
+            "train_s": record["train/elapsed_s"] - record["train/eval_time_s"],
             "AP": record["val/AP"],
             "AP50": record["val/AP50"],
-            "oLRP": record["val/oLRP"],
             "beta_cls": record["val/beta_cls"],
         }
-        points.append(point)
-        print(json.dumps({k: round(v, 4) for k, v in point.items()}), flush=True)
+        with out.open("a") as f:
+            f.write(json.dumps(point) + "\n")
 
-    t0 = time.perf_counter()
-    with tempfile.TemporaryDirectory() as out_dir:
-        run_training(cfg, out_dir=Path(out_dir), cache_dir=Path(".corrtune"), report=report)
-    wall = time.perf_counter() - t0
-    reached = next((p for p in points if p["AP"] >= GOAL_AP), None)
+    with tempfile.TemporaryDirectory() as work:
+        run_training(cfg, out_dir=Path(work), cache_dir=ROOT / ".corrtune", report=report)
+
+
+def time_to(points: list[dict[str, float]], goal: float) -> float | None:
+    return next((p["train_s"] for p in points if p["AP"] >= goal), None)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--eval-every", type=int, default=250)
+    parser.add_argument("--goal", type=float, default=0.5)
+    parser.add_argument("--out", type=Path, default=ROOT / "results/bench/time_to_ap")
+    parser.add_argument("--child", nargs=3, metavar=("RECIPE", "EVAL_EVERY", "OUT"))
+    args = parser.parse_args()
+    if args.child:
+        name, every, out = args.child
+        run_one(RECIPES[name], int(every), Path(out))
+        return
+    from detectors.config import flatten, load_config
+    from detectors.engine import build_datasets
+
+    build_datasets(load_config("tiny"), ROOT / ".corrtune")  # the set, made once
+    load_before = os.getloadavg()[0]
+    logs = {name: Path(tempfile.mkstemp(suffix=".jsonl")[1]) for name in RECIPES}
+    env = os.environ | {"OMP_NUM_THREADS": "1"}
+    started = time.perf_counter()
+    procs = {
+        name: subprocess.Popen(
+            [
+                "taskset",
+                "-c",
+                str(core % (os.cpu_count() or 1)),
+                sys.executable,
+                __file__,
+                "--child",
+                name,
+                str(args.eval_every),
+                str(logs[name]),
+            ],
+            env=env,
+        )
+        for core, name in enumerate(RECIPES)
+    }
+    for name, proc in procs.items():
+        if proc.wait() != 0:
+            raise SystemExit(f"the {name} recipe failed")
+    curves = {
+        name: [json.loads(line) for line in log.read_text().splitlines()]
+        for name, log in logs.items()
+    }
+    reached = {name: time_to(points, args.goal) for name, points in curves.items()}
+    ratio = (
+        reached["previous"] / reached["current"]
+        if reached["previous"] and reached["current"]
+        else None
+    )
     result = {
         "command": "python benchmarks/bench_time_to_ap.py "
-        + " ".join([f"--preset {args.preset}", f"--eval-every {args.eval_every}"])
-        + "".join(f" --set {s}" for s in args.set),
-        "config": flatten(cfg),
-        "points": points,
-        "wall_s": wall,
-        "goal": {"AP": GOAL_AP, "seconds": GOAL_S},
-        "goal_reached_at_s": reached["train_s"] if reached else None,
+        f"--eval-every {args.eval_every} --goal {args.goal}",
+        "recipes": {
+            name: {
+                k: v
+                for k, v in flatten(load_config("tiny", overrides=o)).items()
+                if k.startswith(("train.", "data.image_size", "model."))
+            }
+            for name, o in RECIPES.items()
+        },
+        "curves": curves,
+        "goal_AP": args.goal,
+        "time_to_goal_s": reached,
+        "ratio_previous_over_current": ratio,
+        "wall_s": time.perf_counter() - started,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"torch {torch.__version__}, {cfg.train.num_threads or torch.get_num_threads()} "
-        f"threads, load average {load_before:.1f} -> {os.getloadavg()[0]:.1f}",
+        f"one core and one thread per recipe, load average {load_before:.1f} -> "
+        f"{os.getloadavg()[0]:.1f}",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    args.out.with_suffix(".md").write_text(markdown(result))
-    print(markdown(result))
+    args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
+    plot(result, args.out.with_suffix(".png"))
+    args.out.with_suffix(".md").write_text(markdown(result, args.out.with_suffix(".png").name))
+    print(markdown(result, ""))
 
 
-def markdown(r: dict[str, Any]) -> str:
-    final = r["points"][-1]
-    verdict = (
-        f"reached AP {GOAL_AP} after {r['goal_reached_at_s']:.0f} s of training"
-        if r["goal_reached_at_s"] is not None
-        else f"did not reach AP {GOAL_AP}"
-    )
+def plot(result: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for name, points in result["curves"].items():
+        ax.plot([p["train_s"] for p in points], [p["AP"] for p in points], "o-", label=name)
+    ax.axhline(result["goal_AP"], color="gray", lw=0.8, ls="--")
+    ax.set_xlabel("training seconds (one core, evaluations excluded)")
+    ax.set_ylabel("COCO AP (synthetic val)")
+    ax.set_title("tiny preset: previous vs current recipe", fontsize=9)
+    ax.legend()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+def markdown(r: dict[str, Any], png: str) -> str:
+    def fmt(value: float | None) -> str:
+        return f"{value:.0f} s" if value is not None else "not reached"
+
+    ratio = r["ratio_previous_over_current"]
     lines = [
-        f"# Time to AP: preset `{r['config']['name']}`",
+        "# Time to AP: the tiny preset's previous and current recipes, side by side",
         "",
-        f"`{r['command']}`",
+        f"`{r['command']}` — {r['machine']}; {r['wall_s']:.0f} s wall.",
         "",
-        f"{r['machine']}. Goal: AP >= {GOAL_AP} within {GOAL_S:.0f} s; this run {verdict} "
-        f"(final AP {final['AP']:.3f} at {final['train_s']:.0f} s of training, "
-        f"{r['wall_s']:.0f} s wall with {len(r['points'])} evaluations).",
+        f"Time to AP >= {r['goal_AP']}: previous {fmt(r['time_to_goal_s']['previous'])}, "
+        f"current {fmt(r['time_to_goal_s']['current'])}"
+        + (f"; ratio previous / current **{ratio:.2f}x**." if ratio else "."),
         "",
-        "| iteration | training s | AP | AP50 | oLRP | β_cls |",
+        "| recipe | iteration | training s | AP | AP50 | β_cls |",
         "|---|---|---|---|---|---|",
     ]
-    lines += [
-        f"| {p['iteration']:.0f} | {p['train_s']:.0f} | {p['AP']:.3f} | {p['AP50']:.3f} "
-        f"| {p['oLRP']:.3f} | {p['beta_cls']:.3f} |"
-        for p in r["points"]
-    ]
+    for name, points in r["curves"].items():
+        lines += [
+            f"| {name} | {p['iteration']} | {p['train_s']:.0f} | {p['AP']:.3f} | "
+            f"{p['AP50']:.3f} | {p['beta_cls']:.3f} |"
+            for p in points
+        ]
+    differs = {
+        k: (r["recipes"]["previous"][k], r["recipes"]["current"][k])
+        for k in r["recipes"]["current"]
+        if r["recipes"]["previous"][k] != r["recipes"]["current"][k]
+    }
+    lines += ["", "What differs (previous -> current):", ""]
+    lines += [f"- `{k}`: {a} -> {b}" for k, (a, b) in differs.items()] or ["- nothing"]
     lines += [
         "",
-        "Intermediate points are before the schedule's learning-rate drops (they understate",
-        "what a shorter schedule would reach at that time); training seconds exclude the",
-        "evaluations.",
+        "Intermediate points of a schedule with learning-rate drops understate what a shorter",
+        "schedule would reach at that time; training seconds exclude the evaluations.",
     ]
+    if png:
+        lines += ["", f"![time to AP]({png})"]
     return "\n".join(lines) + "\n"
 
 
