@@ -91,7 +91,7 @@ class ModelConfig:
     # the NMS-free set predictor sparse_rcnn.
     name: Literal["retinanet", "atss", "fcos", "foveabox", "paa", "sparse_rcnn"] = "retinanet"
     backbone: Literal[
-        "tiny", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"
+        "tiny", "tiny_fast", "resnet18", "resnet34", "resnet50", "resnet101", "resnext101_32x8d"
     ] = "resnet18"
     pretrained: str = ""  # "" = random init; a path to a state dict; or a torchvision weight name
     frozen_stages: int = -1  # ResNets: -1 trains all; 0 freezes the stem; k also layers 1..k
