@@ -340,6 +340,12 @@ def _num(value: float, digits: int = 4, sign: bool = False) -> str:
     return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
 
 
+def _interval(e: fx.PairedEffect) -> str:
+    if not math.isfinite(e.ci_low):
+        return "–"
+    return f"[{_num(e.ci_low, sign=True)}, {_num(e.ci_high, sign=True)}]"
+
+
 def effects_section(
     space: Space, found: list[fx.Arm], effects: list[fx.PairedEffect], noise: list[SeedNoise]
 ) -> list[str]:
@@ -381,9 +387,7 @@ def effects_section(
                 _num(e.control_mean),
                 _num(e.arm_mean),
                 _num(e.diff, sign=True),
-                f"[{_num(e.ci_low, sign=True)}, {_num(e.ci_high, sign=True)}]"
-                if math.isfinite(e.ci_low)
-                else "–",
+                _interval(e),
                 _num(e.p_value, 3),
                 _num(e.p_perm, 3),
                 _num(e.p_holm, 3),
@@ -418,9 +422,7 @@ def effects_section(
                     e.arm,
                     str(e.n),
                     _num(e.diff, sign=True),
-                    f"[{_num(e.ci_low, sign=True)}, {_num(e.ci_high, sign=True)}]"
-                    if math.isfinite(e.ci_low)
-                    else "–",
+                    _interval(e),
                     _num(e.p_value, 3),
                 ]
             )

@@ -21,14 +21,18 @@ from typing import Any
 import numpy as np
 from pycocotools.coco import COCO
 
-from detectors.metrics.coco import accumulate_precision, evaluation_order, summarize_precision
+from detectors.metrics.coco import (
+    accumulate_precision,
+    evaluation_order,
+    native_precision,
+    summarize_precision,
+)
 from detectors.metrics.coco_io import Detections, GroundTruth
 from detectors.metrics.matching import (
     AREA_RANGES,
     IOU_THRESHOLDS,
     MatchResult,
     find_candidates,
-    match_detections,
 )
 
 
@@ -98,13 +102,6 @@ def ap_bounds(coco_gt: COCO, detections: Sequence[Mapping[str, Any]]) -> dict[st
     gt = GroundTruth.from_coco(coco_gt)
     dets = Detections.from_list(detections, gt)
     candidates = find_candidates(dets, gt, float(IOU_THRESHOLDS.min()))
-    match = match_detections(
-        dets,
-        gt,
-        candidates,
-        dets.scores,
-        iou_thresholds=IOU_THRESHOLDS,
-        area_ranges=[AREA_RANGES["all"]],
-    )
+    _, match = native_precision(dets, gt, candidates, area_ranges=[AREA_RANGES["all"]])
     tp_rows = np.flatnonzero(match.true_positive[0, 0])
     return bound_summaries(dets, gt, match, tp_rows, match.iou[tp_rows])
