@@ -9,6 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
+import sklearn.mixture as skm
 import torch
 from assigner_refs import max_iou_loop, random_scene
 from torch import Tensor
@@ -19,8 +20,6 @@ from detectors.box_ops import elementwise_box_iou, elementwise_giou
 from detectors.config import load_config
 from detectors.models import build_detector
 from detectors.models.paa import PAA, score_voting
-
-skm = pytest.importorskip("sklearn.mixture")
 
 
 def sklearn_gmm(values: np.ndarray) -> object:
