@@ -481,12 +481,65 @@ def read_yaml(path: Path | str, source: str | None = None) -> dict[str, Any]:
     return values
 
 
-def preset_values(name: str) -> dict[str, Any]:
-    """The nested values of preset ``name`` (``detectors/presets/<name>.yaml``)."""
+def _preset_path(name: str) -> Path:
     if name not in preset_names():
         raise ConfigError("--preset", name, f"unknown preset; choose from {preset_names()}")
-    path = resources.files("detectors") / "presets" / f"{name}.yaml"
-    return read_yaml(Path(str(path)), source=f"preset {name}")
+    return Path(str(resources.files("detectors") / "presets" / f"{name}.yaml"))
+
+
+@dataclass(frozen=True)
+class PresetSection:
+    """Values a preset sets only for some configs: ``when: [{if: {model.name: [...]},
+    set: {model.head_convs: 1}}]``, so that a preset meant for every detector sets no value
+    a detector would not read (``build_detector`` refuses those)."""
+
+    conditions: tuple[tuple[str, tuple[Any, ...]], ...]  # dotted key, the values it may take
+    values: dict[str, Any]  # dotted key -> value
+
+    def applies(self, flat: dict[str, Any]) -> bool:
+        return all(flat[key] in allowed for key, allowed in self.conditions)
+
+
+def _preset_sections(raw: Any, source: str) -> list[PresetSection]:
+    if not isinstance(raw, list):
+        raise ConfigError(source, "when", "expected a list of {if: ..., set: ...}")
+    keys = known_keys()
+    sections = []
+    for i, item in enumerate(raw):
+        where = f"when[{i}]"
+        if not isinstance(item, dict) or set(item) != {"if", "set"}:
+            raise ConfigError(source, where, "expected {if: {key: [values]}, set: {key: value}}")
+        conditions, values = item["if"], item["set"]
+        if not isinstance(conditions, dict) or not isinstance(values, dict):
+            raise ConfigError(source, where, "`if` and `set` must be mappings of dotted keys")
+        for key in [*conditions, *values]:
+            if key not in keys:
+                raise ConfigError(
+                    source, f"{where}.{key}", f"unknown key{did_you_mean(key, keys)}"
+                )
+        for key in values:
+            if key in conditions:
+                raise ConfigError(source, f"{where}.set.{key}", "must not also be a condition")
+        from_dict(apply_overrides({}, values, source), source)  # each value is valid
+        sections.append(
+            PresetSection(
+                conditions=tuple(
+                    (k, tuple(v) if isinstance(v, list) else (v,)) for k, v in conditions.items()
+                ),
+                values=dict(values),
+            )
+        )
+    return sections
+
+
+def preset_values(name: str) -> tuple[dict[str, Any], list[PresetSection]]:
+    """The nested values of preset ``name`` (``detectors/presets/<name>.yaml``) and its
+    conditional sections (``when``)."""
+    source = f"preset {name}"
+    values = read_yaml(_preset_path(name), source=source)
+    sections = _preset_sections(values.pop("when", []), source)
+    from_dict(values, source)
+    return values, sections
 
 
 def load_config(
@@ -495,21 +548,73 @@ def load_config(
     overrides: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """Compose preset ← YAML file ← overrides into one validated :class:`ExperimentConfig`."""
+    return compose_config(preset, path, overrides)[0]
+
+
+def compose_config(
+    preset: str | None = None,
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ExperimentConfig, dict[str, str]]:
+    """:func:`load_config`, and where each value that is not a default came from: dotted key
+    -> ``"preset NAME"``, the file's path or ``"--set"`` (the last that set it).
+
+    A preset's ``when`` sections apply when their conditions hold in the config composed
+    without them (the file and the overrides decide, e.g., ``model.name``); their values sit
+    with the preset's, under the file and the overrides."""
     values: dict[str, Any] = {}
+    sections: list[PresetSection] = []
     source = "defaults"
     if preset:
-        values = preset_values(preset)
+        values, sections = preset_values(preset)
         source = f"preset {preset}"
-        from_dict(values, source)
+    file_values: dict[str, Any] = {}
     if path:
         file_values = read_yaml(path)
         from_dict(file_values, str(path))  # report the file's own mistakes under its name
-        values = _deep_merge(values, file_values)
+    overrides = overrides or {}
+    composed = _compose(values, file_values, overrides)
+    flat = flatten(from_dict(composed, source))
+    for section in [s for s in sections if s.applies(flat)]:
+        values = _deep_merge(values, _nested(section.values))
+    if sections:
+        composed = _compose(values, file_values, overrides)
+    sources = dict.fromkeys(_dotted(values), f"preset {preset}")
+    sources |= dict.fromkeys(_dotted(file_values), str(path))
+    sources |= dict.fromkeys(overrides, "--set")
+    if path:
         source = str(path)
     if overrides:
-        values = apply_overrides(values, overrides, "--set")
         source = "--set"
-    return from_dict(values, source)
+    return from_dict(composed, source), sources
+
+
+def _compose(
+    preset: dict[str, Any], file_values: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    values = _deep_merge(preset, file_values)
+    return apply_overrides(values, overrides, "--set") if overrides else values
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.head_convs": 1}`` -> ``{"model": {"head_convs": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted leaf keys of nested ``values``."""
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        keys += _dotted(value, dotted) if isinstance(value, dict) else [dotted]
+    return keys
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -405,6 +405,6 @@ def test_box_loss_is_iou_weighted_giou_and_iou_branch_learns_the_iou() -> None:
     want = 1.3 * (ious * (1 - gious)).sum() / ious.sum()
     assert len(ious) > 0
     assert losses["loss_reg"].item() == pytest.approx(want.item(), rel=1e-5)
-    iou_logits = outputs["centerness"][labels == 1]
+    iou_logits = outputs["quality"][labels == 1]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(iou_logits, ious, reduction="sum")
     assert losses["loss_iou"].item() == pytest.approx(0.5 * bce.item() / len(ious), rel=1e-5)

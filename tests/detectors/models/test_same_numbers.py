@@ -73,7 +73,7 @@ def batch(seed: int, size: int = 64) -> tuple[torch.Tensor, list[dict[str, torch
 
 
 def _hex(value: torch.Tensor | float) -> str:
-    return float(value).hex()
+    return float(value.detach() if isinstance(value, torch.Tensor) else value).hex()
 
 
 def numbers(name: str, overrides: dict[str, Any]) -> dict[str, Any]:
