@@ -11,7 +11,7 @@ from detectors.config import ConfigError, ExperimentConfig, apply_overrides, fro
 from detectors.data import make_loader
 from detectors.data.splits import build_split
 from detectors.engine import evaluate
-from detectors.models import build_detector
+from detectors.models import build_detector, check_settings
 
 
 def evaluate_checkpoint(
@@ -34,6 +34,7 @@ def evaluate_checkpoint(
         raise ConfigError(str(path), "", f"not a corrtune checkpoint ({exc})") from None
     trained = from_dict(values, str(path))
     cfg = from_dict(apply_overrides(values, overrides, "--set"), str(path))
+    check_settings(cfg, dict.fromkeys(overrides, "--set"), default_source=str(path))
     model_classes = list(state.get("classes") or _trained_classes(trained, cache_dir))
     val_set = build_split(cfg, "val", cache_dir, train=False)
     if val_set.classes != model_classes:
