@@ -79,6 +79,7 @@ class Positives:
     gt_boxes: Tensor  # [P, 4] matched ground truths (xyxy)
     level_ids: Tensor  # [P] FPN level index (0-based)
     image_ids: Tensor  # [P] index of the image in the batch
+    anchor_ids: Tensor  # [P] index of the location within its image
 
 
 def global_mean(value: Tensor) -> Tensor:
@@ -288,6 +289,7 @@ class DenseDetector(nn.Module):
             gt_boxes=gt_boxes[flat],
             level_ids=level_of_anchor[anchor_idx],
             image_ids=img_idx,
+            anchor_ids=anchor_idx,
         )
 
     def correlation_losses(self, pos: Positives, stats: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -332,19 +334,16 @@ class DenseDetector(nn.Module):
         """Per image: ``boxes`` [K, 4], ``scores`` [K], ``labels`` [K] after NMS, and — when
         targets are given — ``pos_scores``/``pos_ious`` of the positives before NMS (β_img).
         With a quality branch the scores are ``p^(1 − α) · q^α``."""
-        if self.quality is not None:  # scored through the logits the rest of this reads
-            outputs = outputs | {"cls_logits": torch.logit(self.scores(outputs), eps=1e-6)}
-        cls_logits: Tensor = outputs["cls_logits"]
+        probs = self.scores(outputs)  # [B, N, C]
         pred_boxes: Tensor = outputs["pred_boxes"]
         results = []
-        for b in range(cls_logits.shape[0]):
+        for b in range(probs.shape[0]):
             cand_boxes, cand_scores, cand_labels = [], [], []
             start = 0
             for count in outputs["num_per_level"]:
-                logits = cls_logits[b, start : start + count].flatten()  # [n * C]
+                scores = probs[b, start : start + count].flatten()  # [n * C]
                 boxes = pred_boxes[b, start : start + count]
                 start += count
-                scores = logits.sigmoid()
                 keep = scores > self.post.score_threshold
                 scores, idx = scores[keep], keep.nonzero().squeeze(1)
                 if len(scores) > self.post.pre_nms_topk:
@@ -370,7 +369,7 @@ class DenseDetector(nn.Module):
         if targets is not None:
             labels_t, matched_gt, _ = self.match(outputs, targets)
             pos = self.gather_positives(outputs, targets, labels_t == 1, matched_gt)
-            scores = pos.logits.gather(1, pos.gt_labels[:, None]).squeeze(1).sigmoid()
+            scores = probs[pos.image_ids, pos.anchor_ids, pos.gt_labels]  # the test-time score
             ious = box_ops.elementwise_box_iou(pos.pred_boxes, pos.gt_boxes)
             for b, result in enumerate(results):
                 mine = pos.image_ids == b

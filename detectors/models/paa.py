@@ -112,9 +112,7 @@ class PAA(DenseDetector):
         per_pos = self.box_losses(outputs, positive, pos)  # [P] 1 − GIoU
         iou = box_ops.elementwise_box_iou(pos.pred_boxes.detach(), pos.gt_boxes)  # [P]
         weight = iou.clamp(min=IOU_WEIGHT_EPS)
-        # (× num_pos ÷ num_pos: the arithmetic of the code this replaced, to the last bit)
-        total = self.box_weight * (weight * per_pos).sum() * num_pos / global_mean(weight.sum())
-        return total / num_pos
+        return self.box_weight * (weight * per_pos).sum() / global_mean(weight.sum())
 
     def detection_boxes(
         self, keep: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor

@@ -4,8 +4,9 @@ over three SGD steps on the smoke preset, bit for bit against ``same_numbers.jso
 A refactor of the models must leave these exactly as they were. A change that is meant to
 move them (a new default, a fixed bug) rewrites the file, and says so in its commit:
 
-    python tests/detectors/models/test_same_numbers.py --write
+    python -m tests.detectors.models.test_same_numbers --write
 
+(from the project root, so that its own ``detectors`` is the one imported).
 The numbers are those of torch 2.14.1 on x86-64 with one CPU thread; another platform may
 round differently, and then needs its own file.
 """
