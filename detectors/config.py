@@ -96,7 +96,15 @@ class ModelConfig:
     pretrained: str = ""  # "" = random init; a path to a state dict; or a torchvision weight name
     frozen_stages: int = -1  # ResNets: -1 trains all; 0 freezes the stem; k also layers 1..k
     frozen_bn: bool = False  # ResNets: BatchNorm with fixed statistics and affine (as papers)
-    centerness: bool = True  # atss, fcos: centerness branch (paa: its IoU branch); loss + score
+    # Localization-quality branch of the dense heads (SPEC §2.5): trained with BCE on the
+    # positives, multiplied into the test-time score as p^(1-α)·q^α. native: the detector's
+    # own (centerness on atss and fcos, iou on paa, none on retinanet and foveabox), and none
+    # with an IoU-aware classification loss (loss.cls.kind qfl, vfl, rs), whose scores are
+    # the quality (GFL, VarifocalNet and RS-Net drop the branch).
+    quality: Literal["native", "none", "centerness", "iou"] = "native"
+    # α of p^(1-α)·q^α; 0.5 is sqrt(p·q): FCOS's, ATSS's, PAA's and IoU-aware RetinaNet's
+    # (Wu et al. 2020, its released code) test-time score.
+    quality_alpha: float = 0.5
     center_sampling_radius: float = 1.5  # fcos: positives within r·stride of the centre; 0 off
     atss_topk: int = 9  # atss: candidate anchors per level per ground truth
     fovea_sigma: float = 0.4  # foveabox: positive area = box shrunk by sigma about its centre
@@ -160,8 +168,22 @@ class SparseLossConfig:
 
 
 @dataclass(frozen=True)
+class ClsLossConfig:
+    """The classification-loss slot of the dense heads (SPEC §2.5): focal loss
+    (``loss.focal_alpha``, ``loss.focal_gamma``) or a rival whose positives' targets are the
+    IoU of their decoded box (detached, from the step's predictions)."""
+
+    kind: Literal["focal", "qfl", "vfl", "rs"] = "focal"
+    qfl_beta: float = 2.0  # Quality Focal Loss (GFL, Li et al. 2020): exponent on |IoU - σ|
+    vfl_alpha: float = 0.75  # Varifocal Loss (Zhang et al. 2021): weight of the negatives
+    vfl_gamma: float = 2.0  # Varifocal Loss: exponent on the negatives' probability
+    rs_delta: float = 0.5  # Rank & Sort Loss (Oksuz et al. 2021): smoothed step's half-width
+
+
+@dataclass(frozen=True)
 class LossConfig:
-    focal_alpha: float = 0.25
+    cls: ClsLossConfig = field(default_factory=ClsLossConfig)
+    focal_alpha: float = 0.25  # focal loss (and PAA's anchor scores, Sparse R-CNN's matching)
     focal_gamma: float = 2.0
     reg: Literal["l1", "smooth_l1", "giou"] = "l1"  # box regression loss
     reg_weight: float = 1.0
@@ -270,6 +292,11 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("assign.bg_iou", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("assign.alpha", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("loss.corr.weight", lambda v: v >= 0, "must be non-negative"),
+    ("loss.cls.qfl_beta", lambda v: v == 0 or v >= 1, "must be 0 or at least 1"),
+    ("loss.cls.vfl_alpha", lambda v: v >= 0, "must be non-negative"),
+    ("loss.cls.vfl_gamma", lambda v: v >= 0, "must be non-negative"),
+    ("loss.cls.rs_delta", lambda v: v >= 0, "must be non-negative"),
+    ("model.quality_alpha", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("loss.corr.strength", lambda v: v > 0, "must be positive"),
     ("loss.dc.eps", lambda v: v > 0, "must be positive"),
     ("nms.iou_threshold", lambda v: 0 < v <= 1, "must be in (0, 1]"),
@@ -374,7 +401,8 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(source, dotted, f"unknown key{did_you_mean(str(key), names)}")
+            hint = did_you_mean(dotted if dotted in RENAMED_KEYS else str(key), names)
+            raise ConfigError(source, dotted, f"unknown key{hint}")
         kwargs[key] = _coerce(value, hints[key], source, dotted)
     return cls(**kwargs)
 
@@ -415,9 +443,29 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+# Keys that were replaced, and what says the same now.
+RENAMED_KEYS = {
+    "model.centerness": "replaced by model.quality: true is model.quality=native (the "
+    "detector's own branch), false is model.quality=none",
+}
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A config stored before a key was replaced (a checkpoint's), in today's keys: the
+    values mean the same (``model.centerness: true`` was the detector's own branch)."""
+    model = values.get("model")
+    if not isinstance(model, dict) or "centerness" not in model:
+        return values
+    model = dict(model)
+    model["quality"] = "native" if model.pop("centerness") else "none"
+    return {**values, "model": model}
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` naming the closest of ``choices`` (difflib's ratio, the same
-    answer on every run), or "" when none is close."""
+    answer on every run), or "" when none is close; for a replaced key, what replaced it."""
+    if word in RENAMED_KEYS:
+        return f": {RENAMED_KEYS[word]}"
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

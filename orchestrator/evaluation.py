@@ -7,7 +7,13 @@ from typing import Any
 
 import torch
 
-from detectors.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from detectors.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    upgrade_stored,
+)
 from detectors.data import make_loader
 from detectors.data.splits import build_split
 from detectors.engine import evaluate
@@ -29,7 +35,7 @@ def evaluate_checkpoint(
         raise ConfigError(str(path), "", "no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        values = state["config"]
+        values = upgrade_stored(state["config"])
     except Exception as exc:  # a truncated or foreign file: say so in one line
         raise ConfigError(str(path), "", f"not a corrtune checkpoint ({exc})") from None
     trained = from_dict(values, str(path))

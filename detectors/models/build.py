@@ -23,7 +23,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 from detectors.assigners import ASSIGNERS, Assigner
 from detectors.config import ConfigError, ExperimentConfig, flatten
@@ -33,6 +33,9 @@ from detectors.losses import (
     REGRESSION_LOSSES,
     CorrelationLoss,
     DCWeighting,
+    ElementwiseClassificationLoss,
+    RankSortLoss,
+    RegressionLoss,
 )
 from detectors.losses.focal import FocalLoss
 from detectors.models import atss, fcos, foveabox
@@ -78,9 +81,9 @@ ASSIGNER_SETTINGS: dict[str, dict[str, str]] = {
 }
 CLS_LOSS_SETTINGS: dict[str, dict[str, str]] = {
     "focal": {"alpha": "loss.focal_alpha", "gamma": "loss.focal_gamma"},
-    "qfl": {},
-    "vfl": {},
-    "rs": {},
+    "qfl": {"beta": "loss.cls.qfl_beta"},
+    "vfl": {"alpha": "loss.cls.vfl_alpha", "gamma": "loss.cls.vfl_gamma"},
+    "rs": {"delta": "loss.cls.rs_delta"},
 }
 CORRELATION_SETTINGS: dict[str, dict[str, str]] = {
     "pearson": {},
@@ -139,7 +142,7 @@ class Parts:
     num_classes: int
     correlation: CorrelationLoss
     assigner: Assigner | None = None
-    cls_loss: FocalLoss | None = None
+    cls_loss: ElementwiseClassificationLoss | RankSortLoss | None = None
     dc: DCWeighting | None = None
     nms: NMS | None = None
     post: PostprocessParams | None = None
@@ -184,6 +187,40 @@ def _focal(cfg: ExperimentConfig) -> FocalLoss:
     return loss
 
 
+def build_cls_loss(cfg: ExperimentConfig) -> ElementwiseClassificationLoss | RankSortLoss:
+    kind = cfg.loss.cls.kind
+    return CLASSIFICATION_LOSSES[kind](**_arguments(cfg, CLS_LOSS_SETTINGS[kind]))
+
+
+def is_elementwise(cfg: ExperimentConfig) -> bool:
+    """Whether ``cfg``'s classification loss scores each (location, class) on its own (the
+    others, RS Loss, rank them all at once: no per-positive loss for DC, no num_pos)."""
+    return issubclass(CLASSIFICATION_LOSSES[cfg.loss.cls.kind], ElementwiseClassificationLoss)
+
+
+def quality_kind(cfg: ExperimentConfig) -> str:
+    """The quality branch ``cfg`` trains: ``none``, ``centerness`` or ``iou``. ``native`` is
+    the detector's own, and none under a classification loss that learns the quality itself
+    (its targets are IoUs: QFL, VFL, RS), as GFL, VarifocalNet and RS-Net do."""
+    chosen = cfg.model.quality
+    if chosen != "native":
+        return chosen
+    if CLASSIFICATION_LOSSES[cfg.loss.cls.kind].uses_iou_targets:
+        return "none"
+    return DETECTORS[cfg.model.name].quality
+
+
+def build_quality(cfg: ExperimentConfig) -> QualityBranch | None:
+    kind = quality_kind(cfg)
+    if kind == "none":
+        return None
+    m = cfg.model
+    target: Literal["centerness", "iou"] = "iou" if kind == "iou" else "centerness"
+    # PAA's IoU branch has its own weight (the reference's 0.5); the others' BCE weighs 1.
+    weight = m.paa_iou_weight if m.name == "paa" and target == "iou" else 1.0
+    return QualityBranch(target=target, loss_weight=weight, alpha=m.quality_alpha)
+
+
 def _backbone(cfg: ExperimentConfig) -> BackboneWithFPN:
     m = cfg.model
     trunk = {} if m.backbone == "tiny" else _arguments(cfg, TRUNK_SETTINGS)
@@ -207,8 +244,11 @@ def _parts(cfg: ExperimentConfig, num_classes: int) -> Parts:
         num_classes=num_classes,
         correlation=correlation,
         assigner=build_assigner(cfg),
-        cls_loss=_focal(cfg),
-        dc=DCWeighting(eps=dc.eps, normalize=dc.normalize) if dc.enabled else None,
+        cls_loss=build_cls_loss(cfg),
+        # DC weights each positive's own classification loss: element-wise losses only.
+        dc=DCWeighting(eps=dc.eps, normalize=dc.normalize)
+        if is_elementwise(cfg) and dc.enabled
+        else None,
         nms=build_nms(cfg),
         post=PostprocessParams(
             score_threshold=n.score_threshold,
@@ -219,9 +259,7 @@ def _parts(cfg: ExperimentConfig, num_classes: int) -> Parts:
 
 
 # --------------------------------------------------------------------- the detectors
-def _head(
-    cfg: ExperimentConfig, parts: Parts, *, num_anchors: int, quality: bool, scaled: bool
-) -> DenseHead:
+def _head(cfg: ExperimentConfig, parts: Parts, *, num_anchors: int, scaled: bool) -> DenseHead:
     m = cfg.model
     return DenseHead(
         in_channels=m.fpn_channels,
@@ -230,7 +268,7 @@ def _head(
         num_convs=m.head_convs,
         norm=m.norm,
         prior_prob=m.prior_prob,
-        quality=quality,
+        quality=quality_kind(cfg) != "none",
         level_scales=len(parts.backbone.levels) if scaled else 0,
     )
 
@@ -242,18 +280,25 @@ def _square_locations(parts: Parts, scale: float) -> AnchorGenerator:
     )
 
 
+def _box_loss(cfg: ExperimentConfig) -> tuple[RegressionLoss, float]:
+    """The detector's box loss and its weight: RS-Net balances it by value instead (the
+    weight is then 1, unused)."""
+    spec = DETECTORS[cfg.model.name]
+    loss = REGRESSION_LOSSES[spec.box_loss or cfg.loss.reg]
+    return loss, 1.0 if not is_elementwise(cfg) else float(value(cfg, spec.box_weight))
+
+
 def _dense(
     cls: type[DenseDetector],
+    cfg: ExperimentConfig,
     parts: Parts,
     *,
     head: DenseHead,
     locations: AnchorGenerator,
     box_coder: BoxCoder,
-    box_loss: str,
-    box_weight: float,
-    quality: QualityBranch | None,
 ) -> DenseDetector:
     assert parts.assigner and parts.cls_loss and parts.nms and parts.post
+    box_loss, box_weight = _box_loss(cfg)
     return cls(
         backbone=parts.backbone,
         head=head,
@@ -262,9 +307,9 @@ def _dense(
         assigner=parts.assigner,
         num_classes=parts.num_classes,
         cls_loss=parts.cls_loss,
-        box_loss=REGRESSION_LOSSES[box_loss],
+        box_loss=box_loss,
         box_weight=box_weight,
-        quality=quality,
+        quality=build_quality(cfg),
         correlation=parts.correlation,
         dc=parts.dc,
         nms=parts.nms,
@@ -282,85 +327,66 @@ def _retinanet(cfg: ExperimentConfig, parts: Parts) -> DenseDetector:
     )
     return _dense(
         RetinaNet,
+        cfg,
         parts,
-        head=_head(cfg, parts, num_anchors=anchors.num_anchors, quality=False, scaled=False),
+        head=_head(cfg, parts, num_anchors=anchors.num_anchors, scaled=False),
         locations=anchors,
         box_coder=DeltaCoder(),
-        box_loss=cfg.loss.reg,
-        box_weight=cfg.loss.reg_weight,
-        quality=None,
     )
 
 
-def _centerness(cfg: ExperimentConfig) -> QualityBranch | None:
-    return QualityBranch(target="centerness") if cfg.model.centerness else None
-
-
 def _atss(cfg: ExperimentConfig, parts: Parts) -> DenseDetector:
-    quality = _centerness(cfg)
     return _dense(
         atss.ATSS,
+        cfg,
         parts,
-        head=_head(cfg, parts, num_anchors=1, quality=quality is not None, scaled=True),
+        head=_head(cfg, parts, num_anchors=1, scaled=True),
         locations=_square_locations(parts, atss.ANCHOR_SCALE),
         box_coder=DeltaCoder(weights=atss.DELTA_WEIGHTS),
-        box_loss=cfg.loss.reg,
-        box_weight=cfg.loss.reg_weight,
-        quality=quality,
     )
 
 
 def _fcos(cfg: ExperimentConfig, parts: Parts) -> DenseDetector:
-    quality = _centerness(cfg)
     return _dense(
         fcos.FCOS,
+        cfg,
         parts,
-        head=_head(cfg, parts, num_anchors=1, quality=quality is not None, scaled=True),
+        head=_head(cfg, parts, num_anchors=1, scaled=True),
         locations=_square_locations(parts, fcos.CELL_SCALE),
         box_coder=SideCoder(),
-        box_loss=cfg.loss.reg,
-        box_weight=cfg.loss.reg_weight,
-        quality=quality,
     )
 
 
 def _foveabox(cfg: ExperimentConfig, parts: Parts) -> DenseDetector:
     return _dense(
         foveabox.FoveaBox,
+        cfg,
         parts,
-        head=_head(cfg, parts, num_anchors=1, quality=False, scaled=True),
+        head=_head(cfg, parts, num_anchors=1, scaled=True),
         locations=_square_locations(parts, fcos.CELL_SCALE),
         box_coder=LogSideCoder(base_edge=foveabox.BASE_EDGE, target_clamp=foveabox.TARGET_CLAMP),
-        box_loss=cfg.loss.reg,
-        box_weight=cfg.loss.reg_weight,
-        quality=None,
     )
 
 
-# PAA's box loss is GIoU whatever loss.reg says: its anchor scores are defined with it.
-PAA_BOX_LOSS = "giou"
-
-
 def _paa(cfg: ExperimentConfig, parts: Parts) -> PAA:
-    m = cfg.model
-    quality = QualityBranch(target="iou", loss_weight=m.paa_iou_weight) if m.centerness else None
     assert parts.assigner and parts.cls_loss and parts.nms and parts.post
+    box_loss, box_weight = _box_loss(cfg)
     return PAA(
         backbone=parts.backbone,
-        head=_head(cfg, parts, num_anchors=1, quality=quality is not None, scaled=True),
+        head=_head(cfg, parts, num_anchors=1, scaled=True),
         anchor_generator=_square_locations(parts, atss.ANCHOR_SCALE),
         box_coder=DeltaCoder(weights=atss.DELTA_WEIGHTS),
         assigner=parts.assigner,
         num_classes=parts.num_classes,
         cls_loss=parts.cls_loss,
-        box_loss=REGRESSION_LOSSES[PAA_BOX_LOSS],
-        box_weight=m.paa_reg_weight,
-        quality=quality,
+        box_loss=box_loss,
+        box_weight=box_weight,
+        quality=build_quality(cfg),
         correlation=parts.correlation,
         dc=parts.dc,
         nms=parts.nms,
         post=parts.post,
-        score_voting=m.paa_score_voting,
+        score_voting=cfg.model.paa_score_voting,
     )
 
 
@@ -427,6 +453,10 @@ class DetectorSpec:
     assigner: str | None  # its own rule, a name of ASSIGNERS; None: no assigner (and no
     # dense-head slot: classification loss, DC, NMS), as for a set predictor
     anchor_based: bool = False  # its locations are anchor boxes: IAC (an anchor-IoU rule) applies
+    quality: str = "none"  # its own quality branch (model.quality=native): centerness, iou
+    box_loss: str | None = None  # its box loss when fixed (a name of REGRESSION_LOSSES);
+    # None: loss.reg
+    box_weight: str = "loss.reg_weight"  # the setting that weights its box loss
     # Why a setting it does not read means nothing to it (the default message names the
     # detectors that do read it).
     ignores: Mapping[str, str] = field(default_factory=dict)
@@ -438,7 +468,6 @@ class DetectorSpec:
 
 
 _HEAD = ("model.head_convs", "model.norm")  # every dense head's towers
-_BOX_LOSS = ("loss.reg", "loss.reg_weight")
 _NO_ANCHORS = "iac needs an anchor-based detector (retinanet, atss, paa); {} has no anchors"
 _ATSS_ANCHORS = "its anchors are one square of 8 · stride per location"
 _CELLS = "its locations are stride-sized cells around points"
@@ -446,22 +475,16 @@ _CELLS = "its locations are stride-sized cells around points"
 DETECTORS: dict[str, DetectorSpec] = {
     "retinanet": DetectorSpec(
         build=_retinanet,
-        reads=(
-            *_HEAD,
-            *_BOX_LOSS,
-            "model.anchor_scale",
-            "model.anchor_ratios",
-            "model.scales_per_octave",
-        ),
+        reads=(*_HEAD, "model.anchor_scale", "model.anchor_ratios", "model.scales_per_octave"),
         assigner="max_iou",
         anchor_based=True,
-        ignores={"model.centerness": "it has no centerness branch"},
     ),
     "atss": DetectorSpec(
         build=_atss,
-        reads=(*_HEAD, *_BOX_LOSS, "model.centerness"),
+        reads=_HEAD,
         assigner="atss",
         anchor_based=True,
+        quality="centerness",
         ignores=dict.fromkeys(
             ("model.anchor_scale", "model.anchor_ratios", "model.scales_per_octave"),
             _ATSS_ANCHORS,
@@ -469,8 +492,9 @@ DETECTORS: dict[str, DetectorSpec] = {
     ),
     "fcos": DetectorSpec(
         build=_fcos,
-        reads=(*_HEAD, *_BOX_LOSS, "model.centerness"),
+        reads=_HEAD,
         assigner="fcos",
+        quality="centerness",
         ignores={
             "assign.kind": _NO_ANCHORS.format("fcos"),
             **dict.fromkeys(
@@ -480,11 +504,10 @@ DETECTORS: dict[str, DetectorSpec] = {
     ),
     "foveabox": DetectorSpec(
         build=_foveabox,
-        reads=(*_HEAD, *_BOX_LOSS),
+        reads=_HEAD,
         assigner="fovea",
         ignores={
             "assign.kind": _NO_ANCHORS.format("foveabox"),
-            "model.centerness": "it has no centerness branch",
             **dict.fromkeys(
                 ("model.anchor_scale", "model.anchor_ratios", "model.scales_per_octave"), _CELLS
             ),
@@ -492,9 +515,12 @@ DETECTORS: dict[str, DetectorSpec] = {
     ),
     "paa": DetectorSpec(
         build=_paa,
-        reads=(*_HEAD, "model.centerness", "model.paa_reg_weight", "model.paa_score_voting"),
+        reads=(*_HEAD, "model.paa_score_voting"),
         assigner="paa",
         anchor_based=True,
+        quality="iou",
+        box_loss="giou",  # its anchor scores are defined with it
+        box_weight="model.paa_reg_weight",
         ignores={
             "loss.reg": "its box loss is always GIoU (its anchor scores are defined with it; "
             "model.paa_reg_weight weights it)",
@@ -532,6 +558,7 @@ DETECTORS: dict[str, DetectorSpec] = {
         assigner=None,
         ignores={
             "loss.dc.enabled": "the DC loss needs a dense head",
+            "loss.cls.kind": "its set loss is focal loss (loss.focal_alpha, loss.focal_gamma)",
             "nms.kind": "sparse_rcnn is NMS-free (no NMS runs)",
             "assign.kind": "it matches predictions to objects one to one (Hungarian matching)",
         },
@@ -578,6 +605,8 @@ def _keys(*tables: Iterable[Mapping[str, str]]) -> frozenset[str]:
 
 
 def _only(names: list[str]) -> str:
+    if not names:
+        return "nothing reads it here"
     return f"only {', '.join(names)} read{'s' if len(names) == 1 else ''} it"
 
 
@@ -594,21 +623,26 @@ def _label(assigner: str) -> str:
     return ASSIGNERS[assigner].__name__.removesuffix("Assigner")
 
 
+def _box_readers(key: str) -> list[str]:
+    """The dense detectors whose box loss reads ``key``."""
+    return [
+        name
+        for name, spec in DETECTORS.items()
+        if spec.dense and (key == spec.box_weight or (key == "loss.reg" and not spec.box_loss))
+    ]
+
+
+_BOX_SETTINGS = frozenset({"loss.reg", "loss.reg_weight", "model.paa_reg_weight"})
+_DC_SETTINGS = frozenset({"loss.dc.enabled", "loss.dc.eps", "loss.dc.normalize"})
+_QUALITY_SETTINGS = frozenset({"model.quality", "model.quality_alpha"})
+
+
 def choices(cfg: ExperimentConfig) -> list[Choice]:
     """What ``cfg`` chooses, each with the settings it reads (see :class:`Choice`)."""
     m, c = cfg.model, cfg.loss.corr
     spec = DETECTORS[m.name]
     detector = f"model.name={m.name}"
     out = [
-        Choice(
-            name=detector,
-            reads=(*COMMON_READS, *spec.reads),
-            scope=frozenset(k for s in DETECTORS.values() for k in s.reads),
-            why=lambda key: (
-                spec.ignores.get(key)
-                or _only([n for n, other in DETECTORS.items() if key in other.reads])
-            ),
-        ),
         Choice(
             name=f"model.backbone={m.backbone}",
             reads=() if m.backbone == "tiny" else tuple(TRUNK_SETTINGS.values()),
@@ -628,45 +662,88 @@ def choices(cfg: ExperimentConfig) -> list[Choice]:
             why=lambda key: "no correlation loss is trained (its coefficient is only logged)",
         ),
     ]
-    dense_scope = _keys(ASSIGNER_SETTINGS.values(), NMS_SETTINGS.values()) | {
-        "assign.kind",
-        "nms.kind",
-        "nms.score_threshold",
-        "nms.pre_nms_topk",
-        "loss.dc.enabled",
-        "loss.dc.eps",
-        "loss.dc.normalize",
-    }
-    if not spec.dense:
-        return [
-            *out,
-            Choice(
-                name=detector,
-                reads=(),
-                scope=dense_scope,
-                why=lambda key: spec.ignores.get(key, "it is not a dense head"),
+    dense_scope = (
+        _keys(ASSIGNER_SETTINGS.values(), NMS_SETTINGS.values(), CLS_LOSS_SETTINGS.values())
+        | {"assign.kind", "nms.kind", "nms.score_threshold", "nms.pre_nms_topk"}
+        | {"loss.cls.kind"}
+        | _BOX_SETTINGS
+        | _DC_SETTINGS
+        | _QUALITY_SETTINGS
+    )
+    # The detector's own settings last: a setting of a slot is explained by the slot.
+    own = [
+        Choice(
+            name=detector,
+            reads=(*COMMON_READS, *spec.reads),
+            scope=frozenset(k for s in DETECTORS.values() for k in s.reads),
+            why=lambda key: (
+                spec.ignores.get(key)
+                or _only([n for n, other in DETECTORS.items() if key in other.reads])
             ),
-        ]
-    name = assigner_name(cfg)
-    with_iac = " with assign.kind=iac" if name == "iac" else ""
-    assigner_reads = tuple(ASSIGNER_SETTINGS[name].values())
+        ),
+    ]
+    if not spec.dense:
+        not_dense = Choice(
+            name=detector,
+            reads=(),
+            scope=dense_scope - set(spec.reads),
+            why=lambda key: spec.ignores.get(key, "it is not a dense head"),
+        )
+        return [*out, not_dense, *own]
+    return out + _dense_choices(cfg, spec) + own
+
+
+def _dense_choices(cfg: ExperimentConfig, spec: DetectorSpec) -> list[Choice]:
+    m, kind = cfg.model, cfg.loss.cls.kind
+    detector = f"model.name={m.name}"
+    out = []
+    if not is_elementwise(cfg):
+        out.append(
+            Choice(
+                name=f"loss.cls.kind={kind}",
+                reads=(),
+                scope=_DC_SETTINGS | {spec.box_weight},
+                why=lambda key: (
+                    "RS-Net balances the box loss by its value (λ_box = L_RS / L_box, every step)"
+                    if key == spec.box_weight
+                    else "RS Loss ranks every (location, class) pair at once: there is no "
+                    "per-positive classification loss for DC to weight"
+                ),
+            )
+        )
+    assigner = assigner_name(cfg)
+    with_iac = " with assign.kind=iac" if assigner == "iac" else ""
+    assigner_reads = tuple(ASSIGNER_SETTINGS[assigner].values())
     dc = cfg.loss.dc
+    quality = quality_kind(cfg)
+    quality_name = f"model.quality={m.quality}"
+    if m.quality == "native" and quality != spec.quality:
+        quality_name += f" (none: loss.cls.kind={kind} learns the quality itself)"
     return [
         *out,
+        Choice(
+            name=f"loss.cls.kind={kind}",
+            reads=("loss.cls.kind", *CLS_LOSS_SETTINGS[kind].values()),
+            scope=_keys(CLS_LOSS_SETTINGS.values()),
+            why=lambda key: _readers(key, CLS_LOSS_SETTINGS),
+        ),
         Choice(
             name=detector + with_iac,
             reads=(*assigner_reads, *(("assign.kind",) if spec.anchor_based else ())),
             scope=_keys(ASSIGNER_SETTINGS.values()) | {"assign.kind"},
             why=lambda key: (
                 spec.ignores.get(key)
-                or f"its assigner is {_label(name)} ({_listed(assigner_reads)})"
+                or f"its assigner is {_label(assigner)} ({_listed(assigner_reads)})"
             ),
         ),
         Choice(
-            name="focal loss",
-            reads=tuple(CLS_LOSS_SETTINGS["focal"].values()),
-            scope=_keys(CLS_LOSS_SETTINGS.values()),
-            why=lambda key: _readers(key, CLS_LOSS_SETTINGS),
+            name=detector,
+            reads=(
+                *(() if spec.box_loss else ("loss.reg",)),
+                *((spec.box_weight,) if is_elementwise(cfg) else ()),
+            ),
+            scope=_BOX_SETTINGS,
+            why=lambda key: spec.ignores.get(key) or _only(_box_readers(key)),
         ),
         Choice(
             name=f"nms.kind={cfg.nms.kind}",
@@ -682,17 +759,24 @@ def choices(cfg: ExperimentConfig) -> list[Choice]:
         Choice(
             name="loss.dc.enabled=false",
             reads=(
-                "loss.dc.enabled",
-                *(("loss.dc.eps", "loss.dc.normalize") if dc.enabled else ()),
+                ("loss.dc.enabled", *(("loss.dc.eps", "loss.dc.normalize") if dc.enabled else ()))
+                if is_elementwise(cfg)
+                else ()
             ),
-            scope=frozenset({"loss.dc.eps", "loss.dc.normalize"}),
+            scope=_DC_SETTINGS - {"loss.dc.enabled"},
             why=lambda key: "the DC loss is off",
         ),
         Choice(
-            name="model.centerness=false",
-            reads=("model.paa_iou_weight",) if m.name == "paa" and m.centerness else (),
+            name=quality_name,
+            reads=("model.quality", *(("model.quality_alpha",) if quality != "none" else ())),
+            scope=_QUALITY_SETTINGS,
+            why=lambda key: "there is no quality branch to score with",
+        ),
+        Choice(
+            name=quality_name if m.name == "paa" else detector,
+            reads=("model.paa_iou_weight",) if m.name == "paa" and quality == "iou" else (),
             scope=frozenset({"model.paa_iou_weight"}),
-            why=lambda key: "PAA has no IoU branch" if m.name == "paa" else "only paa reads it",
+            why=lambda key: "PAA has no IoU branch" if m.name == "paa" else _only(["paa"]),
         ),
     ]
 
@@ -711,9 +795,9 @@ def unused_settings(cfg: ExperimentConfig) -> list[tuple[str, str]]:
     for key, default in defaults.items():
         if not key.startswith(CHECKED_SECTIONS) or key in read or values[key] == default:
             continue
-        owner = next((c for c in choices(cfg) if key in c.scope), None)
-        if owner is None:  # a setting of another detector only
-            owner = choices(cfg)[0]
+        chosen = choices(cfg)
+        # The first choice that could read it explains; else the detector (the last).
+        owner = next((c for c in chosen if key in c.scope), chosen[-1])
         found.append((key, f"not used by {owner.name}: {owner.why(key)}"))
     return found
 

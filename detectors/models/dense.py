@@ -26,8 +26,14 @@ from torch import Tensor, nn
 
 from detectors import box_ops
 from detectors.assigners import Assigner
-from detectors.losses import CorrelationLoss, DCWeighting, RegressionLoss
-from detectors.losses.focal import FocalLoss
+from detectors.losses import (
+    CorrelationLoss,
+    DCWeighting,
+    ElementwiseClassificationLoss,
+    RankSortLoss,
+    RegressionLoss,
+    rs_box_loss,
+)
 from detectors.models.anchors import AnchorGenerator
 from detectors.models.box_coders import BoxCoder
 from detectors.models.head import DenseHead
@@ -104,7 +110,7 @@ class DenseDetector(nn.Module):
         box_coder: BoxCoder,
         assigner: Assigner,
         num_classes: int,
-        cls_loss: FocalLoss,
+        cls_loss: ElementwiseClassificationLoss | RankSortLoss,
         box_loss: RegressionLoss,
         box_weight: float,
         quality: QualityBranch | None,
@@ -116,6 +122,8 @@ class DenseDetector(nn.Module):
         super().__init__()
         if (head.quality is None) != (quality is None):
             raise ValueError("the head has a quality conv exactly when there is a quality branch")
+        if dc is not None and not isinstance(cls_loss, ElementwiseClassificationLoss):
+            raise ValueError("DC weights element-wise classification losses")
         self.backbone = backbone
         self.head = head
         self.anchor_generator = anchor_generator  # anchors, or the stride-sized cells of points
@@ -182,9 +190,9 @@ class DenseDetector(nn.Module):
     def losses(
         self, outputs: dict[str, Any], targets: Targets
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        """``loss_cls``, ``loss_reg``, ``loss_corr`` (λ_corr > 0) and the quality branch's
-        ``loss_centerness`` / ``loss_iou``, each normalised; and the statistics to log."""
-        cls_logits: Tensor = outputs["cls_logits"]  # [B, N, C]
+        """The classification terms (``loss_cls``; RS: ``loss_rank``, ``loss_sort``),
+        ``loss_reg``, ``loss_corr`` (λ_corr > 0) and the quality branch's ``loss_centerness``
+        / ``loss_iou``, each normalised; and the statistics to log."""
         self.num_levels, self.batch_size = len(outputs["num_per_level"]), len(targets)
         labels, matched_gt, num_recalled = self.match(outputs, targets)
         positive = labels == 1  # [B, N]
@@ -192,16 +200,55 @@ class DenseDetector(nn.Module):
         num_pos = global_mean(positive.sum().float()).clamp(min=1.0)
 
         pos = self.gather_positives(outputs, targets, positive, matched_gt)
-        cls_targets = torch.zeros_like(cls_logits)  # [B, N, C]
-        cls_targets[positive] = nn.functional.one_hot(pos.gt_labels, self.num_classes).to(
-            cls_logits.dtype
-        )
-        per_anchor = self.cls_loss(cls_logits[valid], cls_targets[valid]).sum(dim=1)  # [V]
-        is_pos_valid = positive[valid]
         stats: dict[str, Tensor] = {
             "num_pos": positive.sum().float(),
             "recalled_anchors": num_recalled.float(),
         }
+        cls_targets = self.classification_targets(outputs, positive, pos)  # [B, N, C]
+        if isinstance(self.cls_loss, RankSortLoss):
+            # RS-Net: the two RS losses as they come, and the box loss balanced to their value.
+            rank, sort = self.cls_loss(
+                outputs["cls_logits"][valid].flatten(), cls_targets[valid].flatten()
+            )
+            losses = {"loss_rank": rank, "loss_sort": sort}
+            losses["loss_reg"] = self.rs_box_loss_term(outputs, positive, pos, rank + sort)
+        else:
+            loss_cls = self.elementwise_cls_loss(outputs, positive, valid, pos, cls_targets, stats)
+            losses = {"loss_cls": loss_cls / num_pos}
+            losses["loss_reg"] = self.box_loss_term(outputs, positive, pos, num_pos)
+        losses |= self.correlation_losses(pos, stats)
+        losses |= self.quality_losses(outputs, positive, pos, num_pos)
+        return losses, {k: v.detach() for k, v in stats.items()}
+
+    def classification_targets(
+        self, outputs: dict[str, Any], positive: Tensor, pos: Positives
+    ) -> Tensor:
+        """[B, N, C]: 0 everywhere but each positive's ground-truth class column, which holds
+        1, or the IoU of its decoded box (detached) for losses that learn the quality."""
+        cls_logits: Tensor = outputs["cls_logits"]
+        cls_targets = torch.zeros_like(cls_logits)
+        one_hot = nn.functional.one_hot(pos.gt_labels, self.num_classes).to(cls_logits.dtype)
+        if self.cls_loss.uses_iou_targets:
+            ious = box_ops.elementwise_box_iou(pos.pred_boxes.detach(), pos.gt_boxes)  # [P]
+            one_hot = one_hot * ious[:, None].to(cls_logits.dtype)
+        cls_targets[positive] = one_hot
+        return cls_targets
+
+    def elementwise_cls_loss(
+        self,
+        outputs: dict[str, Any],
+        positive: Tensor,
+        valid: Tensor,
+        pos: Positives,
+        cls_targets: Tensor,
+        stats: dict[str, Tensor],
+    ) -> Tensor:
+        """Σ over the valid locations and classes of the loss, the positives' weighted by DC
+        when it is on (0-dim, not yet normalised)."""
+        assert isinstance(self.cls_loss, ElementwiseClassificationLoss)
+        logits = outputs["cls_logits"][valid]
+        per_anchor = self.cls_loss(logits, cls_targets[valid]).sum(dim=1)  # [V]
+        is_pos_valid = positive[valid]
         pos_cls = per_anchor[is_pos_valid]
         if self.dc is not None and len(pos_cls):
             weights = self.dc(pos.pred_boxes, pos.gt_boxes, pos_cls)
@@ -211,12 +258,7 @@ class DenseDetector(nn.Module):
                 "dc_weight_max": weights.max(),
                 "dc_weight_min": weights.min(),
             }
-        loss_cls = (pos_cls.sum() + per_anchor[~is_pos_valid].sum()) / num_pos
-        loss_reg = self.box_loss_term(outputs, positive, pos, num_pos)
-        losses = {"loss_cls": loss_cls, "loss_reg": loss_reg}
-        losses |= self.correlation_losses(pos, stats)
-        losses |= self.quality_losses(outputs, positive, pos, num_pos)
-        return losses, {k: v.detach() for k, v in stats.items()}
+        return pos_cls.sum() + per_anchor[~is_pos_valid].sum()
 
     def box_losses(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         """Per positive, the box loss between the coder's targets and the outputs [P]."""
@@ -234,6 +276,17 @@ class DenseDetector(nn.Module):
         if len(pos.gt_boxes) == 0:
             return outputs["box_reg"].sum() * 0 / num_pos
         return self.box_weight * self.box_losses(outputs, positive, pos).sum() / num_pos
+
+    def rs_box_loss_term(
+        self, outputs: dict[str, Any], positive: Tensor, pos: Positives, rs_loss: Tensor
+    ) -> Tensor:
+        """RS-Net's box term: the positives' box losses averaged with their (detached)
+        max-class probabilities as weights, rescaled to the RS loss's value (no configured
+        weight, no division by num_pos; :func:`~detectors.losses.rs_box_loss`)."""
+        if len(pos.gt_boxes) == 0:  # keep the box branch in the graph (DDP needs its gradients)
+            return outputs["box_reg"].sum() * 0
+        scores = pos.logits.detach().sigmoid().max(dim=1).values  # [P]
+        return rs_box_loss(self.box_losses(outputs, positive, pos), scores, rs_loss)
 
     def quality_targets(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
         """What the quality branch learns for each positive [P], in [0, 1], no gradient."""

@@ -24,8 +24,13 @@ from torch import Tensor, nn
 
 from detectors import box_ops
 from detectors.assigners import Assigner
-from detectors.losses import CorrelationLoss, DCWeighting, RegressionLoss
-from detectors.losses.focal import FocalLoss
+from detectors.losses import (
+    CorrelationLoss,
+    DCWeighting,
+    ElementwiseClassificationLoss,
+    RankSortLoss,
+    RegressionLoss,
+)
 from detectors.models.anchors import AnchorGenerator
 from detectors.models.box_coders import BoxCoder
 from detectors.models.dense import (
@@ -74,7 +79,7 @@ class PAA(DenseDetector):
         box_coder: BoxCoder,
         assigner: Assigner,
         num_classes: int,
-        cls_loss: FocalLoss,
+        cls_loss: ElementwiseClassificationLoss | RankSortLoss,
         box_loss: RegressionLoss,
         box_weight: float,
         quality: QualityBranch | None,

@@ -383,3 +383,29 @@ def test_eval_of_a_missing_checkpoint_exits_2(runner: CliRunner, tmp_path: Path)
     result = runner.invoke(app, ["eval", str(tmp_path / "none.pt")])
     assert result.exit_code == 2
     assert "none.pt: no such checkpoint file" in result.output
+
+
+def test_eval_reads_checkpoints_from_before_model_quality_and_refuses_unread_sets(
+    runner: CliRunner, tmp_path: Path, smoke_checkpoint: Path
+) -> None:
+    import torch
+
+    state = torch.load(smoke_checkpoint, map_location="cpu", weights_only=False)
+    state["config"]["model"].pop("quality")
+    state["config"]["model"].pop("quality_alpha")
+    state["config"]["model"]["centerness"] = True  # what a checkpoint used to hold
+    state["config"]["loss"].pop("cls")
+    state["model"] = {  # RetinaNetHead's box conv was named bbox_pred
+        k.replace("head.box_reg.", "head.bbox_pred."): v for k, v in state["model"].items()
+    }
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    now = runner.invoke(app, ["eval", str(smoke_checkpoint)])
+    then = runner.invoke(app, ["eval", str(old)])
+    assert now.exit_code == then.exit_code == 0, then.output
+    assert json.loads(then.output)["AP"] == json.loads(now.output)["AP"]
+    unread = runner.invoke(app, ["eval", str(smoke_checkpoint), "--set", "nms.beta=2.0"])
+    assert unread.exit_code == 2
+    assert unread.output.startswith(
+        "corrtune: error: --set: nms.beta: not used by nms.kind=greedy: only cl_balanced reads it"
+    )

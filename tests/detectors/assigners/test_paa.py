@@ -380,7 +380,7 @@ def test_paa_trains_with_iou_branch_and_iac_replaces_its_assigner() -> None:
     assert isinstance(model.assigner, PAAAssigner)
     assert all(r["num_pos"] > 0 and r["loss_iou"] > 0 for r in history)
     assert all(math.isfinite(v) for r in history for k, v in r.items() if k != "corr_coefficient")
-    _, without_iou = two_step_stats(**{"model.centerness": False})  # the paper's ablation
+    _, without_iou = two_step_stats(**{"model.quality": "none"})  # the paper's ablation
     assert all("loss_iou" not in r and math.isfinite(r["loss_reg"]) for r in without_iou)
     iac, iac_history = two_step_stats(**{"assign.kind": "iac", "assign.score_thr": 0.01})
     assert isinstance(iac.assigner, IACAssigner)

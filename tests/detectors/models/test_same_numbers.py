@@ -47,7 +47,7 @@ CASES: dict[str, tuple[str, dict[str, Any]]] = {
         for n in _DENSE
     },
     **{f"{n}+iac": (n, {"assign.kind": "iac", "assign.score_thr": 0.01}) for n in _ANCHOR_BASED},
-    **{f"{n}-quality": (n, {"model.centerness": False}) for n in ("atss", "fcos", "paa")},
+    **{f"{n}-quality": (n, {"model.quality": "none"}) for n in ("atss", "fcos", "paa")},
     "retinanet+dc_raw+smooth_l1": (
         "retinanet",
         {"loss.dc.enabled": True, "loss.dc.normalize": False, "loss.reg": "smooth_l1"},

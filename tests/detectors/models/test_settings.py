@@ -53,7 +53,13 @@ SWITCHES: list[dict[str, Any]] = [
     {"nms.kind": "soft"},
     {"nms.kind": "cl_balanced"},
     {"assign.kind": "iac"},
-    {"model.centerness": False},
+    {"model.quality": "none"},
+    {"model.quality": "iou", "model.quality_alpha": 0.3},
+    {"model.quality": "centerness"},
+    {"loss.cls.kind": "qfl"},
+    {"loss.cls.kind": "vfl", "loss.dc.enabled": True},
+    {"loss.cls.kind": "rs"},
+    {"loss.cls.kind": "rs", "model.quality": "iou", "loss.corr.weight": 0.2},
 ]
 
 
@@ -94,43 +100,57 @@ def test_a_resnet_reads_its_trunk_settings_and_the_tiny_cnn_does_not() -> None:
     assert info.value.key == "model.frozen_bn" and "model.backbone=tiny" in info.value.problem
 
 
+QFL = {"loss.cls.kind": "qfl"}
+RS = {"loss.cls.kind": "rs"}
+
+
 @pytest.mark.parametrize(
-    ("name", "key", "value", "says"),
+    ("name", "given", "key", "value", "says"),
     [
-        (
-            "atss",
-            "assign.fg_iou",
-            0.7,
-            "not used by model.name=atss: its assigner is ATSS (model.atss_topk)",
-        ),
-        ("paa", "assign.bg_iou", 0.3, "its assigner is PAA"),
-        ("atss", "model.atss_topk", 5, "with assign.kind=iac: its assigner is IAC"),
-        ("fcos", "assign.kind", "iac", "iac needs an anchor-based detector"),
-        ("foveabox", "model.centerness", False, "no centerness branch"),
-        ("atss", "model.anchor_scale", 3.0, "one square of 8 · stride"),
-        ("paa", "loss.reg", "smooth_l1", "always GIoU"),
-        ("retinanet", "model.fovea_sigma", 0.3, "its assigner is MaxIoU (assign.fg_iou, "),
-        ("retinanet", "model.paa_score_voting", False, "only paa reads it"),
-        ("sparse_rcnn", "nms.pre_nms_topk", 10, "not used by model.name=sparse_rcnn"),
-        ("sparse_rcnn", "model.head_convs", 3, "only retinanet, atss, fcos, foveabox, paa"),
-        ("sparse_rcnn", "nms.kind", "soft", "NMS-free"),
-        ("sparse_rcnn", "loss.dc.enabled", True, "needs a dense head"),
-        ("retinanet", "nms.soft_sigma", 0.3, "not used by nms.kind=greedy: only soft reads it"),
-        ("retinanet", "loss.corr.grad_to", "both", "not used by loss.corr.weight=0"),
-        ("retinanet", "loss.corr.strength", 0.1, "loss.corr.kind=concordance: only spearman"),
-        ("retinanet", "loss.dc.eps", 0.2, "not used by loss.dc.enabled=false"),
-        ("paa", "model.paa_iou_weight", 1.0, None),  # read: PAA has its IoU branch
+        ("atss", {}, "assign.fg_iou", 0.7, "not used by model.name=atss: its assigner is ATSS "
+         "(model.atss_topk)"),
+        ("paa", {"assign.fg_iou": 0.5}, "assign.bg_iou", 0.3, "its assigner is PAA"),
+        ("atss", {"assign.kind": "iac"}, "model.atss_topk", 5, "with assign.kind=iac: its "
+         "assigner is IAC"),
+        ("fcos", {}, "assign.kind", "iac", "iac needs an anchor-based detector"),
+        ("atss", {}, "model.anchor_scale", 3.0, "one square of 8 · stride"),
+        ("paa", {}, "loss.reg", "smooth_l1", "always GIoU"),
+        ("paa", {}, "loss.reg_weight", 2.0, "weighted by model.paa_reg_weight"),
+        ("retinanet", {}, "model.paa_reg_weight", 2.0, "only paa reads it"),
+        ("retinanet", {}, "model.fovea_sigma", 0.3, "its assigner is MaxIoU (assign.fg_iou, "),
+        ("retinanet", {}, "model.paa_score_voting", False, "only paa reads it"),
+        ("sparse_rcnn", {}, "nms.pre_nms_topk", 10, "not used by model.name=sparse_rcnn"),
+        ("sparse_rcnn", {}, "model.head_convs", 3, "only retinanet, atss, fcos, foveabox, paa"),
+        ("sparse_rcnn", {}, "nms.kind", "soft", "NMS-free"),
+        ("sparse_rcnn", {}, "loss.dc.enabled", True, "needs a dense head"),
+        ("sparse_rcnn", {}, "loss.cls.kind", "qfl", "its set loss is focal loss"),
+        ("sparse_rcnn", {}, "model.quality", "iou", "it is not a dense head"),
+        ("retinanet", {}, "nms.soft_sigma", 0.3, "not used by nms.kind=greedy: only soft reads"),
+        ("retinanet", {}, "loss.corr.grad_to", "both", "not used by loss.corr.weight=0"),
+        ("retinanet", {}, "loss.corr.strength", 0.1, "loss.corr.kind=concordance: only spearman"),
+        ("retinanet", {}, "loss.dc.eps", 0.2, "not used by loss.dc.enabled=false"),
+        # the classification slot
+        ("retinanet", {}, "loss.cls.qfl_beta", 1.0, "not used by loss.cls.kind=focal: only qfl"),
+        ("atss", QFL, "loss.focal_alpha", 0.3, "not used by loss.cls.kind=qfl: only focal"),
+        ("paa", QFL, "loss.focal_alpha", 0.3, None),  # PAA's anchor scores read it
+        ("atss", RS, "loss.dc.enabled", True, "not used by loss.cls.kind=rs: RS Loss ranks"),
+        ("atss", RS, "loss.reg_weight", 2.0, "RS-Net balances the box loss by its value"),
+        ("atss", RS, "loss.reg", "giou", None),  # RS-Net's box loss is a choice
+        # the quality branch
+        ("foveabox", {}, "model.quality_alpha", 0.4, "not used by model.quality=native: "
+         "there is no quality branch"),
+        ("atss", {}, "model.quality_alpha", 0.4, None),  # ATSS's centerness
+        ("atss", QFL, "model.quality_alpha", 0.4, "(none: loss.cls.kind=qfl learns the quality"),
+        ("atss", QFL | {"model.quality": "iou"}, "model.quality_alpha", 0.4, None),
+        ("paa", {}, "model.paa_iou_weight", 1.0, None),  # read: PAA has its IoU branch
+        ("paa", {"model.quality": "centerness"}, "model.paa_iou_weight", 1.0, "PAA has no IoU"),
+        ("retinanet", {"model.quality": "iou"}, "model.paa_iou_weight", 1.0, "only paa reads it"),
     ],
-)
+)  # fmt: skip
 def test_a_setting_nothing_reads_is_an_error_naming_it(
-    name: str, key: str, value: Any, says: str | None
+    name: str, given: dict[str, Any], key: str, value: Any, says: str | None
 ) -> None:
-    overrides: dict[str, Any] = {key: value}
-    if key == "model.atss_topk":
-        overrides["assign.kind"] = "iac"
-    if key == "assign.bg_iou":
-        overrides["assign.fg_iou"] = 0.5
-    cfg = smoke(name, **overrides)
+    cfg = smoke(name, **given, **{key: value})
     if says is None:
         check_settings(cfg)
         return
@@ -138,6 +158,13 @@ def test_a_setting_nothing_reads_is_an_error_naming_it(
         check_settings(cfg, sources={key: "--set"})
     assert info.value.key == key and info.value.source == "--set"
     assert says in info.value.problem, info.value.problem
+
+
+def test_model_centerness_names_what_replaced_it() -> None:
+    with pytest.raises(ConfigError) as info:
+        smoke("atss", **{"model.centerness": False})
+    assert "replaced by model.quality" in info.value.problem
+    assert "false is model.quality=none" in info.value.problem
 
 
 def test_a_default_value_is_never_an_error() -> None:
