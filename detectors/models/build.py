@@ -1,32 +1,28 @@
-"""Config -> detector, in one place, and which settings each choice reads.
+"""Config -> detector, in one place: the only code that turns config values into objects.
 
-``build_detector(cfg, num_classes)`` is the only function that turns config values into
-objects. Every slot resolves its member from the slot's own table (``ASSIGNERS``,
+Every slot resolves its member from the slot's own table (``ASSIGNERS``,
 ``CLASSIFICATION_LOSSES``, ``REGRESSION_LOSSES``, ``CORRELATIONS``, ``NMS_METHODS``), with the
 member's constructor arguments taken from the settings named next to it here
-(``ASSIGNER_SETTINGS``...); the detector's own parts (head, locations, box coder) come from
-its row of ``DETECTORS``. Everything below takes objects.
-
-The same declarations say what a config reads: :func:`settings_read` is the union of what
-the chosen detector and slot members read, so adding a detector or a member means saying
-what it reads (a ``DetectorSpec`` has no default for it, and a table member without its
-settings fails at import). :func:`check_settings` refuses a setting that differs from its
-default while nothing chosen reads it (a sweep over it would run identical trials), and
-the combinations that mean nothing; ``build_detector`` runs it first, and the orchestrator
-runs it on every planned trial without building anything. ``tests/detectors/models/
-test_settings.py`` builds every detector through a config that records what is read, and
-checks that it is exactly what is declared.
+(``ASSIGNER_SETTINGS``...; a table member without its settings fails at import); the
+detector's own parts (head, locations, box coder) come from its row of ``DETECTORS``, a
+:class:`DetectorSpec` that must also say which settings the detector reads. Everything
+below takes objects. :mod:`detectors.models.reads` turns these declarations into what a
+config reads and refuses what nothing reads; ``detectors.models.build_detector`` checks
+that first, then calls :func:`assemble_detector`.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import detectors.models.atss as atss
+import detectors.models.fcos as fcos
+import detectors.models.foveabox as foveabox
 from detectors.assigners import ASSIGNERS, Assigner
-from detectors.config import ConfigError, ExperimentConfig, flatten
+from detectors.config import ExperimentConfig
 from detectors.losses import (
     CLASSIFICATION_LOSSES,
     CORRELATIONS,
@@ -38,7 +34,6 @@ from detectors.losses import (
     RegressionLoss,
 )
 from detectors.losses.focal import FocalLoss
-from detectors.models import atss, fcos, foveabox
 from detectors.models.anchors import AnchorGenerator
 from detectors.models.backbone import BackboneWithFPN, build_backbone
 from detectors.models.box_coders import BoxCoder, DeltaCoder, LogSideCoder, SideCoder
@@ -567,271 +562,8 @@ DETECTORS: dict[str, DetectorSpec] = {
 }
 
 
-# ---------------------------------------------------------------- what a config reads
-# Settings of these sections configure the detector and its methods: each must be read by
-# what the config chooses, or keep its default. (data.*, train.*, fit.* are read by every
-# run.)
-CHECKED_SECTIONS = ("model.", "assign.", "loss.", "nms.")
-
-# Read by every detector.
-COMMON_READS = (
-    "model.name",
-    "model.backbone",
-    "model.fpn_channels",
-    "model.min_level",
-    "model.max_level",
-    "model.prior_prob",
-    "nms.max_detections",
-    "loss.corr.weight",
-    "loss.corr.kind",
-    "loss.corr.pool",
-)
-
-
-@dataclass(frozen=True, kw_only=True)
-class Choice:
-    """One choice a config makes (a detector, a slot's member, a switch left off) and the
-    settings it reads: a setting in ``scope`` that it does not read is explained as
-    ``not used by {name}: {why(key)}``."""
-
-    name: str  # as the message names it: "model.name=atss", "nms.kind=greedy"
-    reads: tuple[str, ...]
-    scope: frozenset[str]  # the settings some other choice here would read
-    why: Callable[[str], str]
-
-
-def _keys(*tables: Iterable[Mapping[str, str]]) -> frozenset[str]:
-    return frozenset(key for table in tables for settings in table for key in settings.values())
-
-
-def _only(names: list[str]) -> str:
-    if not names:
-        return "nothing reads it here"
-    return f"only {', '.join(names)} read{'s' if len(names) == 1 else ''} it"
-
-
-def _readers(key: str, settings: Mapping[str, Mapping[str, str]]) -> str:
-    return _only([name for name, table in settings.items() if key in table.values()])
-
-
-def _listed(keys: Iterable[str]) -> str:
-    keys = list(keys)
-    return ", ".join(keys) if keys else "no setting"
-
-
-def _label(assigner: str) -> str:
-    return ASSIGNERS[assigner].__name__.removesuffix("Assigner")
-
-
-def _box_readers(key: str) -> list[str]:
-    """The dense detectors whose box loss reads ``key``."""
-    return [
-        name
-        for name, spec in DETECTORS.items()
-        if spec.dense and (key == spec.box_weight or (key == "loss.reg" and not spec.box_loss))
-    ]
-
-
-_BOX_SETTINGS = frozenset({"loss.reg", "loss.reg_weight", "model.paa_reg_weight"})
-_DC_SETTINGS = frozenset({"loss.dc.enabled", "loss.dc.eps", "loss.dc.normalize"})
-_QUALITY_SETTINGS = frozenset({"model.quality", "model.quality_alpha"})
-
-
-def choices(cfg: ExperimentConfig) -> list[Choice]:
-    """What ``cfg`` chooses, each with the settings it reads (see :class:`Choice`)."""
-    m, c = cfg.model, cfg.loss.corr
-    spec = DETECTORS[m.name]
-    detector = f"model.name={m.name}"
-    out = [
-        Choice(
-            name=f"model.backbone={m.backbone}",
-            reads=() if m.backbone == "tiny" else tuple(TRUNK_SETTINGS.values()),
-            scope=frozenset(TRUNK_SETTINGS.values()),
-            why=lambda key: "the tiny CNN has no pretrained weights and no stages to freeze",
-        ),
-        Choice(
-            name=f"loss.corr.kind={c.kind}",
-            reads=tuple(CORRELATION_SETTINGS[c.kind].values()),
-            scope=_keys(CORRELATION_SETTINGS.values()),
-            why=lambda key: _readers(key, CORRELATION_SETTINGS),
-        ),
-        Choice(
-            name="loss.corr.weight=0",
-            reads=("loss.corr.grad_to", "loss.corr.sync") if c.weight > 0 else (),
-            scope=frozenset({"loss.corr.grad_to", "loss.corr.sync"}),
-            why=lambda key: "no correlation loss is trained (its coefficient is only logged)",
-        ),
-    ]
-    dense_scope = (
-        _keys(ASSIGNER_SETTINGS.values(), NMS_SETTINGS.values(), CLS_LOSS_SETTINGS.values())
-        | {"assign.kind", "nms.kind", "nms.score_threshold", "nms.pre_nms_topk"}
-        | {"loss.cls.kind"}
-        | _BOX_SETTINGS
-        | _DC_SETTINGS
-        | _QUALITY_SETTINGS
-    )
-    # The detector's own settings last: a setting of a slot is explained by the slot.
-    own = [
-        Choice(
-            name=detector,
-            reads=(*COMMON_READS, *spec.reads),
-            scope=frozenset(k for s in DETECTORS.values() for k in s.reads),
-            why=lambda key: (
-                spec.ignores.get(key)
-                or _only([n for n, other in DETECTORS.items() if key in other.reads])
-            ),
-        ),
-    ]
-    if not spec.dense:
-        not_dense = Choice(
-            name=detector,
-            reads=(),
-            scope=dense_scope - set(spec.reads),
-            why=lambda key: spec.ignores.get(key, "it is not a dense head"),
-        )
-        return [*out, not_dense, *own]
-    return out + _dense_choices(cfg, spec) + own
-
-
-def _dense_choices(cfg: ExperimentConfig, spec: DetectorSpec) -> list[Choice]:
-    m, kind = cfg.model, cfg.loss.cls.kind
-    detector = f"model.name={m.name}"
-    out = []
-    if not is_elementwise(cfg):
-        out.append(
-            Choice(
-                name=f"loss.cls.kind={kind}",
-                reads=(),
-                scope=_DC_SETTINGS | {spec.box_weight},
-                why=lambda key: (
-                    "RS-Net balances the box loss by its value (λ_box = L_RS / L_box, every step)"
-                    if key == spec.box_weight
-                    else "RS Loss ranks every (location, class) pair at once: there is no "
-                    "per-positive classification loss for DC to weight"
-                ),
-            )
-        )
-    assigner = assigner_name(cfg)
-    with_iac = " with assign.kind=iac" if assigner == "iac" else ""
-    assigner_reads = tuple(ASSIGNER_SETTINGS[assigner].values())
-    dc = cfg.loss.dc
-    quality = quality_kind(cfg)
-    quality_name = f"model.quality={m.quality}"
-    if m.quality == "native" and quality != spec.quality:
-        quality_name += f" (none: loss.cls.kind={kind} learns the quality itself)"
-    return [
-        *out,
-        Choice(
-            name=f"loss.cls.kind={kind}",
-            reads=("loss.cls.kind", *CLS_LOSS_SETTINGS[kind].values()),
-            scope=_keys(CLS_LOSS_SETTINGS.values()),
-            why=lambda key: _readers(key, CLS_LOSS_SETTINGS),
-        ),
-        Choice(
-            name=detector + with_iac,
-            reads=(*assigner_reads, *(("assign.kind",) if spec.anchor_based else ())),
-            scope=_keys(ASSIGNER_SETTINGS.values()) | {"assign.kind"},
-            why=lambda key: (
-                spec.ignores.get(key)
-                or f"its assigner is {_label(assigner)} ({_listed(assigner_reads)})"
-            ),
-        ),
-        Choice(
-            name=detector,
-            reads=(
-                *(() if spec.box_loss else ("loss.reg",)),
-                *((spec.box_weight,) if is_elementwise(cfg) else ()),
-            ),
-            scope=_BOX_SETTINGS,
-            why=lambda key: spec.ignores.get(key) or _only(_box_readers(key)),
-        ),
-        Choice(
-            name=f"nms.kind={cfg.nms.kind}",
-            reads=(
-                "nms.kind",
-                "nms.score_threshold",
-                "nms.pre_nms_topk",
-                *NMS_SETTINGS[cfg.nms.kind].values(),
-            ),
-            scope=_keys(NMS_SETTINGS.values()),
-            why=lambda key: _readers(key, NMS_SETTINGS),
-        ),
-        Choice(
-            name="loss.dc.enabled=false",
-            reads=(
-                ("loss.dc.enabled", *(("loss.dc.eps", "loss.dc.normalize") if dc.enabled else ()))
-                if is_elementwise(cfg)
-                else ()
-            ),
-            scope=_DC_SETTINGS - {"loss.dc.enabled"},
-            why=lambda key: "the DC loss is off",
-        ),
-        Choice(
-            name=quality_name,
-            reads=("model.quality", *(("model.quality_alpha",) if quality != "none" else ())),
-            scope=_QUALITY_SETTINGS,
-            why=lambda key: "there is no quality branch to score with",
-        ),
-        Choice(
-            name=quality_name if m.name == "paa" else detector,
-            reads=("model.paa_iou_weight",) if m.name == "paa" and quality == "iou" else (),
-            scope=frozenset({"model.paa_iou_weight"}),
-            why=lambda key: "PAA has no IoU branch" if m.name == "paa" else _only(["paa"]),
-        ),
-    ]
-
-
-def settings_read(cfg: ExperimentConfig) -> frozenset[str]:
-    """Every setting of :data:`CHECKED_SECTIONS` that what ``cfg`` chooses reads."""
-    return frozenset(key for choice in choices(cfg) for key in choice.reads)
-
-
-def unused_settings(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """``(key, why)`` for every checked setting that differs from its default while nothing
-    ``cfg`` chooses reads it, in the config's order."""
-    read = settings_read(cfg)
-    defaults, values = flatten(ExperimentConfig()), flatten(cfg)
-    found = []
-    for key, default in defaults.items():
-        if not key.startswith(CHECKED_SECTIONS) or key in read or values[key] == default:
-            continue
-        chosen = choices(cfg)
-        # The first choice that could read it explains; else the detector (the last).
-        owner = next((c for c in chosen if key in c.scope), chosen[-1])
-        found.append((key, f"not used by {owner.name}: {owner.why(key)}"))
-    return found
-
-
-def setting_problems(cfg: ExperimentConfig) -> list[tuple[str, str]]:
-    """``(key, problem)``: every setting nothing reads, then every combination that means
-    nothing, for the chosen detector and methods."""
-    return unused_settings(cfg) + DETECTORS[cfg.model.name].problems(cfg)
-
-
-def check_settings(
-    cfg: ExperimentConfig, sources: Mapping[str, str] | None = None, default_source: str = ""
-) -> None:
-    """Raise :class:`ConfigError` on the first of :func:`setting_problems` (naming how many
-    more there are); its source is ``sources[key]`` (where the value came from), else
-    ``default_source``. Cheap: builds nothing."""
-    problems = setting_problems(cfg)
-    if not problems:
-        return
-    key, problem = problems[0]
-    if len(problems) > 1:
-        others = ", ".join(k for k, _ in problems[1:])
-        problem += f" (and {len(problems) - 1} more: {others})"
-    raise ConfigError((sources or {}).get(key, default_source), key, problem)
-
-
-# ------------------------------------------------------------------------- the builder
-def build_detector(cfg: ExperimentConfig, num_classes: int) -> Detector:
-    """The detector ``cfg`` describes, for ``num_classes`` classes; refuses (ConfigError) a
-    setting the detector would not read and a combination that means nothing."""
-    check_settings(cfg)
-    return assemble_detector(cfg, num_classes)
-
-
 def assemble_detector(cfg: ExperimentConfig, num_classes: int) -> Detector:
-    """:func:`build_detector` without the settings check (for checking the check)."""
+    """The detector ``cfg`` describes, for ``num_classes`` classes, without the settings
+    check (``detectors.models.build_detector`` runs :func:`~detectors.models.reads.
+    check_settings` first)."""
     return DETECTORS[cfg.model.name].build(cfg, _parts(cfg, num_classes))

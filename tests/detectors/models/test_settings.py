@@ -19,7 +19,8 @@ from detectors.config import (
     preset_names,
 )
 from detectors.models import DETECTORS, check_settings, settings_read
-from detectors.models.build import CHECKED_SECTIONS, assemble_detector
+from detectors.models.build import assemble_detector
+from detectors.models.reads import CHECKED_SECTIONS
 
 NAMES = sorted(DETECTORS)
 
