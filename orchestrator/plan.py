@@ -14,6 +14,7 @@ from orchestrator.space import (
     SEED_KEY,
     PlannedTrial,
     Space,
+    active_overrides,
     load_space,
     static_plan,
     trial_config,
@@ -26,10 +27,10 @@ def plan_sweep(space: Space, overrides: dict[str, Any], *, check: bool = True) -
     """The trials a sweep will run, each with its fully resolved config (validates all).
 
     Grid and random search are planned in full here; TPE chooses its trials at run time,
-    so its plan is empty and only the base config is validated. ``check``: refuse a trial
-    whose config sets something its detector does not read (a parameter that varies such a
-    setting would give identical trials), before anything runs; a report of a sweep that
-    already ran passes False.
+    so its plan is empty and only the base config is validated (and its parameters probed,
+    each at its values or bounds). ``check``: refuse a trial whose config sets something its
+    detector does not read (a parameter that varies such a setting would give identical
+    trials), before anything runs; a report of a sweep that already ran passes False.
     """
     base = trial_config(space, {}, overrides)
     plan = [
@@ -37,8 +38,7 @@ def plan_sweep(space: Space, overrides: dict[str, Any], *, check: bool = True) -
         for t in static_plan(space)
     ]
     if check:
-        check_base = [(PlannedTrial("base", {}, 0), base)] if not plan else []
-        for trial, cfg in check_base + plan:
+        for trial, cfg in plan or _probes(space, overrides, base):
             check_trial_settings(space, trial.overrides, overrides, cfg)
     if space.scheduler.kind == "asha" and any(
         not c.train.eval_every for c in [base] + [c for _, c in plan]
@@ -50,6 +50,22 @@ def plan_sweep(space: Space, overrides: dict[str, Any], *, check: bool = True) -
             "asha needs intermediate evaluations: set train.eval_every (in `fixed`)",
         )
     return plan
+
+
+def _probes(space: Space, overrides: dict[str, Any], base: ExperimentConfig) -> Plan:
+    """For a space planned at run time (TPE): the base, and each parameter at each of its
+    values (a distribution: its bounds) where it applies (its `when` at their first
+    values), so that a parameter no trial would read is refused before anything runs."""
+    probes: Plan = [(PlannedTrial("base", {}, 0), base)]
+    for p in space.parameters:
+        values = p.values or (
+            (int(p.low), int(p.high)) if p.distribution == "int_uniform" else (p.low, p.high)
+        )
+        for value in values:
+            chosen = {key: allowed[0] for key, allowed in p.when} | {p.key: value}
+            trial = active_overrides(space, chosen)
+            probes.append((PlannedTrial("probe", trial, 0), trial_config(space, trial, overrides)))
+    return probes
 
 
 def check_trial_settings(

@@ -86,6 +86,27 @@ def test_a_parameter_a_trial_does_not_read_is_an_error_before_anything_runs(
     assert len(plan_sweep(load_space(write(tmp_path, fixed)), {})) == 3
 
 
+def test_a_tpe_parameter_no_trial_reads_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.plan import plan_sweep
+
+    tpe = """
+name: demo
+base: smoke
+method: tpe
+max_trials: 4
+fixed: {model.name: atss}
+parameters:
+  loss.corr.weight: {distribution: uniform, min: 0.0, max: 0.5}
+  assign.fg_iou: {distribution: uniform, min: 0.5, max: 0.7}
+"""
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(load_space(write(tmp_path, tpe)), {})
+    assert info.value.key == "parameters.assign.fg_iou" and "model.name=atss" in str(info.value)
+    assert plan_sweep(load_space(write(tmp_path, tpe.replace("atss", "retinanet"))), {}) == []
+
+
 def test_a_fixed_value_or_a_set_nothing_reads_names_where_it_was_set(tmp_path: Path) -> None:
     from orchestrator.plan import plan_sweep
 
