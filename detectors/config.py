@@ -96,7 +96,15 @@ class ModelConfig:
     pretrained: str = ""  # "" = random init; a path to a state dict; or a torchvision weight name
     frozen_stages: int = -1  # ResNets: -1 trains all; 0 freezes the stem; k also layers 1..k
     frozen_bn: bool = False  # ResNets: BatchNorm with fixed statistics and affine (as papers)
-    centerness: bool = True  # atss, fcos: centerness branch (paa: its IoU branch); loss + score
+    # Localization-quality branch of the dense heads (SPEC §2.5): trained with BCE on the
+    # positives, multiplied into the test-time score as p^(1-α)·q^α. native: the detector's
+    # own (centerness on atss and fcos, iou on paa, none on retinanet and foveabox), and none
+    # with an IoU-aware classification loss (loss.cls.kind qfl, vfl, rs), whose scores are
+    # the quality (GFL, VarifocalNet and RS-Net drop the branch).
+    quality: Literal["native", "none", "centerness", "iou"] = "native"
+    # α of p^(1-α)·q^α; 0.5 is sqrt(p·q): FCOS's, ATSS's, PAA's and IoU-aware RetinaNet's
+    # (Wu et al. 2020, its released code) test-time score.
+    quality_alpha: float = 0.5
     center_sampling_radius: float = 1.5  # fcos: positives within r·stride of the centre; 0 off
     atss_topk: int = 9  # atss: candidate anchors per level per ground truth
     fovea_sigma: float = 0.4  # foveabox: positive area = box shrunk by sigma about its centre
@@ -160,8 +168,22 @@ class SparseLossConfig:
 
 
 @dataclass(frozen=True)
+class ClsLossConfig:
+    """The classification-loss slot of the dense heads (SPEC §2.5): focal loss
+    (``loss.focal_alpha``, ``loss.focal_gamma``) or a rival whose positives' targets are the
+    IoU of their decoded box (detached, from the step's predictions)."""
+
+    kind: Literal["focal", "qfl", "vfl", "rs"] = "focal"
+    qfl_beta: float = 2.0  # Quality Focal Loss (GFL, Li et al. 2020): exponent on |IoU - σ|
+    vfl_alpha: float = 0.75  # Varifocal Loss (Zhang et al. 2021): weight of the negatives
+    vfl_gamma: float = 2.0  # Varifocal Loss: exponent on the negatives' probability
+    rs_delta: float = 0.5  # Rank & Sort Loss (Oksuz et al. 2021): smoothed step's half-width
+
+
+@dataclass(frozen=True)
 class LossConfig:
-    focal_alpha: float = 0.25
+    cls: ClsLossConfig = field(default_factory=ClsLossConfig)
+    focal_alpha: float = 0.25  # focal loss (and PAA's anchor scores, Sparse R-CNN's matching)
     focal_gamma: float = 2.0
     reg: Literal["l1", "smooth_l1", "giou"] = "l1"  # box regression loss
     reg_weight: float = 1.0
@@ -277,6 +299,11 @@ _RANGES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
     ("assign.alpha", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("loss.corr.weight", lambda v: v >= 0, "must be non-negative"),
     ("train.ema_decay", lambda v: 0 <= v < 1, "must be in [0, 1) (0: off)"),
+    ("loss.cls.qfl_beta", lambda v: v == 0 or v >= 1, "must be 0 or at least 1"),
+    ("loss.cls.vfl_alpha", lambda v: v >= 0, "must be non-negative"),
+    ("loss.cls.vfl_gamma", lambda v: v >= 0, "must be non-negative"),
+    ("loss.cls.rs_delta", lambda v: v >= 0, "must be non-negative"),
+    ("model.quality_alpha", lambda v: 0 <= v <= 1, "must be in [0, 1]"),
     ("loss.corr.strength", lambda v: v > 0, "must be positive"),
     ("loss.dc.eps", lambda v: v > 0, "must be positive"),
     ("nms.iou_threshold", lambda v: 0 < v <= 1, "must be in (0, 1]"),
@@ -381,7 +408,8 @@ def _build(cls: type, values: dict[str, Any], source: str, prefix: str = "") -> 
     for key, value in values.items():
         dotted = f"{prefix}.{key}" if prefix else str(key)
         if key not in names:
-            raise ConfigError(source, dotted, f"unknown key{did_you_mean(str(key), names)}")
+            hint = did_you_mean(dotted if dotted in RENAMED_KEYS else str(key), names)
+            raise ConfigError(source, dotted, f"unknown key{hint}")
         kwargs[key] = _coerce(value, hints[key], source, dotted)
     return cls(**kwargs)
 
@@ -422,9 +450,29 @@ def flatten(cfg: ExperimentConfig) -> dict[str, Any]:
     return out
 
 
+# Keys that were replaced, and what says the same now.
+RENAMED_KEYS = {
+    "model.centerness": "replaced by model.quality: true is model.quality=native (the "
+    "detector's own branch), false is model.quality=none",
+}
+
+
+def upgrade_stored(values: dict[str, Any]) -> dict[str, Any]:
+    """A config stored before a key was replaced (a checkpoint's), in today's keys: the
+    values mean the same (``model.centerness: true`` was the detector's own branch)."""
+    model = values.get("model")
+    if not isinstance(model, dict) or "centerness" not in model:
+        return values
+    model = dict(model)
+    model["quality"] = "native" if model.pop("centerness") else "none"
+    return {**values, "model": model}
+
+
 def did_you_mean(word: str, choices: Iterable[str]) -> str:
     """`` (did you mean 'x'?)`` naming the closest of ``choices`` (difflib's ratio, the same
-    answer on every run), or "" when none is close."""
+    answer on every run), or "" when none is close; for a replaced key, what replaced it."""
+    if word in RENAMED_KEYS:
+        return f": {RENAMED_KEYS[word]}"
     close = difflib.get_close_matches(word, sorted(choices), n=1, cutoff=0.6)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -488,12 +536,65 @@ def read_yaml(path: Path | str, source: str | None = None) -> dict[str, Any]:
     return values
 
 
-def preset_values(name: str) -> dict[str, Any]:
-    """The nested values of preset ``name`` (``detectors/presets/<name>.yaml``)."""
+def _preset_path(name: str) -> Path:
     if name not in preset_names():
         raise ConfigError("--preset", name, f"unknown preset; choose from {preset_names()}")
-    path = resources.files("detectors") / "presets" / f"{name}.yaml"
-    return read_yaml(Path(str(path)), source=f"preset {name}")
+    return Path(str(resources.files("detectors") / "presets" / f"{name}.yaml"))
+
+
+@dataclass(frozen=True)
+class PresetSection:
+    """Values a preset sets only for some configs: ``when: [{if: {model.name: [...]},
+    set: {model.head_convs: 1}}]``, so that a preset meant for every detector sets no value
+    a detector would not read (``build_detector`` refuses those)."""
+
+    conditions: tuple[tuple[str, tuple[Any, ...]], ...]  # dotted key, the values it may take
+    values: dict[str, Any]  # dotted key -> value
+
+    def applies(self, flat: dict[str, Any]) -> bool:
+        return all(flat[key] in allowed for key, allowed in self.conditions)
+
+
+def _preset_sections(raw: Any, source: str) -> list[PresetSection]:
+    if not isinstance(raw, list):
+        raise ConfigError(source, "when", "expected a list of {if: ..., set: ...}")
+    keys = known_keys()
+    sections = []
+    for i, item in enumerate(raw):
+        where = f"when[{i}]"
+        if not isinstance(item, dict) or set(item) != {"if", "set"}:
+            raise ConfigError(source, where, "expected {if: {key: [values]}, set: {key: value}}")
+        conditions, values = item["if"], item["set"]
+        if not isinstance(conditions, dict) or not isinstance(values, dict):
+            raise ConfigError(source, where, "`if` and `set` must be mappings of dotted keys")
+        for key in [*conditions, *values]:
+            if key not in keys:
+                raise ConfigError(
+                    source, f"{where}.{key}", f"unknown key{did_you_mean(key, keys)}"
+                )
+        for key in values:
+            if key in conditions:
+                raise ConfigError(source, f"{where}.set.{key}", "must not also be a condition")
+        from_dict(apply_overrides({}, values, source), source)  # each value is valid
+        sections.append(
+            PresetSection(
+                conditions=tuple(
+                    (k, tuple(v) if isinstance(v, list) else (v,)) for k, v in conditions.items()
+                ),
+                values=dict(values),
+            )
+        )
+    return sections
+
+
+def preset_values(name: str) -> tuple[dict[str, Any], list[PresetSection]]:
+    """The nested values of preset ``name`` (``detectors/presets/<name>.yaml``) and its
+    conditional sections (``when``)."""
+    source = f"preset {name}"
+    values = read_yaml(_preset_path(name), source=source)
+    sections = _preset_sections(values.pop("when", []), source)
+    from_dict(values, source)
+    return values, sections
 
 
 def load_config(
@@ -502,21 +603,73 @@ def load_config(
     overrides: dict[str, Any] | None = None,
 ) -> ExperimentConfig:
     """Compose preset ← YAML file ← overrides into one validated :class:`ExperimentConfig`."""
+    return compose_config(preset, path, overrides)[0]
+
+
+def compose_config(
+    preset: str | None = None,
+    path: Path | str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> tuple[ExperimentConfig, dict[str, str]]:
+    """:func:`load_config`, and where each value that is not a default came from: dotted key
+    -> ``"preset NAME"``, the file's path or ``"--set"`` (the last that set it).
+
+    A preset's ``when`` sections apply when their conditions hold in the config composed
+    without them (the file and the overrides decide, e.g., ``model.name``); their values sit
+    with the preset's, under the file and the overrides."""
     values: dict[str, Any] = {}
+    sections: list[PresetSection] = []
     source = "defaults"
     if preset:
-        values = preset_values(preset)
+        values, sections = preset_values(preset)
         source = f"preset {preset}"
-        from_dict(values, source)
+    file_values: dict[str, Any] = {}
     if path:
         file_values = read_yaml(path)
         from_dict(file_values, str(path))  # report the file's own mistakes under its name
-        values = _deep_merge(values, file_values)
+    overrides = overrides or {}
+    composed = _compose(values, file_values, overrides)
+    flat = flatten(from_dict(composed, source))
+    for section in [s for s in sections if s.applies(flat)]:
+        values = _deep_merge(values, _nested(section.values))
+    if sections:
+        composed = _compose(values, file_values, overrides)
+    sources = dict.fromkeys(_dotted(values), f"preset {preset}")
+    sources |= dict.fromkeys(_dotted(file_values), str(path))
+    sources |= dict.fromkeys(overrides, "--set")
+    if path:
         source = str(path)
     if overrides:
-        values = apply_overrides(values, overrides, "--set")
         source = "--set"
-    return from_dict(values, source)
+    return from_dict(composed, source), sources
+
+
+def _compose(
+    preset: dict[str, Any], file_values: dict[str, Any], overrides: dict[str, Any]
+) -> dict[str, Any]:
+    values = _deep_merge(preset, file_values)
+    return apply_overrides(values, overrides, "--set") if overrides else values
+
+
+def _nested(dotted: dict[str, Any]) -> dict[str, Any]:
+    """``{"model.head_convs": 1}`` -> ``{"model": {"head_convs": 1}}``."""
+    out: dict[str, Any] = {}
+    for key, value in dotted.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value
+    return out
+
+
+def _dotted(values: dict[str, Any], prefix: str = "") -> list[str]:
+    """The dotted leaf keys of nested ``values``."""
+    keys = []
+    for key, value in values.items():
+        dotted = f"{prefix}.{key}" if prefix else str(key)
+        keys += _dotted(value, dotted) if isinstance(value, dict) else [dotted]
+    return keys
 
 
 def _deep_merge(base: dict[str, Any], top: dict[str, Any]) -> dict[str, Any]:

@@ -202,14 +202,16 @@ def train(
     out: Annotated[Path, typer.Option("--out", help="Output folder.")] = Path("runs/train"),
 ) -> None:
     """Train one model and evaluate it; writes OUT/metrics.json and OUT/checkpoint.pt."""
-    from detectors.config import load_config
+    from detectors.config import compose_config
     from detectors.engine import run_training
     from detectors.fit import fit_config, fitted_values
+    from detectors.models import check_settings
 
     def go() -> None:
         if config is None and preset is None:
             raise ConfigError("corrtune train", "", "give a CONFIG file or --preset NAME")
-        given = load_config(preset=preset, path=config, overrides=_overrides(set_, data))
+        given, sources = compose_config(preset, config, _overrides(set_, data))
+        check_settings(given, sources)  # a setting nothing reads: before any data is read
         cfg = fit_config(given, Path.cwd() / ".corrtune")
         if cfg != given:  # recorded in the checkpoint's config too
             values = " ".join(f"{k}={v}" for k, v in fitted_values(given, cfg).items())

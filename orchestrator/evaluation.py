@@ -7,11 +7,17 @@ from typing import Any
 
 import torch
 
-from detectors.config import ConfigError, ExperimentConfig, apply_overrides, from_dict
+from detectors.config import (
+    ConfigError,
+    ExperimentConfig,
+    apply_overrides,
+    from_dict,
+    upgrade_stored,
+)
 from detectors.data import make_loader
 from detectors.data.splits import build_split
 from detectors.engine import evaluate
-from detectors.models import build_detector
+from detectors.models import build_detector, check_settings
 
 
 def evaluate_checkpoint(
@@ -29,11 +35,12 @@ def evaluate_checkpoint(
         raise ConfigError(str(path), "", "no such checkpoint file")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
-        values = state["config"]
+        values = upgrade_stored(state["config"])
     except Exception as exc:  # a truncated or foreign file: say so in one line
         raise ConfigError(str(path), "", f"not a corrtune checkpoint ({exc})") from None
     trained = from_dict(values, str(path))
     cfg = from_dict(apply_overrides(values, overrides, "--set"), str(path))
+    check_settings(cfg, dict.fromkeys(overrides, "--set"), default_source=str(path))
     model_classes = list(state.get("classes") or _trained_classes(trained, cache_dir))
     val_set = build_split(cfg, "val", cache_dir, train=False)
     if val_set.classes != model_classes:

@@ -8,23 +8,38 @@ from pathlib import Path
 from typing import Any
 
 from detectors.config import ConfigError, ExperimentConfig
+from detectors.models import setting_problems
 from orchestrator.ledger import Ledger, ledger_path
-from orchestrator.space import PlannedTrial, Space, load_space, static_plan, trial_config
+from orchestrator.space import (
+    SEED_KEY,
+    PlannedTrial,
+    Space,
+    active_overrides,
+    load_space,
+    static_plan,
+    trial_config,
+)
 
 Plan = list[tuple[PlannedTrial, ExperimentConfig]]
 
 
-def plan_sweep(space: Space, overrides: dict[str, Any]) -> Plan:
+def plan_sweep(space: Space, overrides: dict[str, Any], *, check: bool = True) -> Plan:
     """The trials a sweep will run, each with its fully resolved config (validates all).
 
     Grid and random search are planned in full here; TPE chooses its trials at run time,
-    so its plan is empty and only the base config is validated.
+    so its plan is empty and only the base config is validated (and its parameters probed,
+    each at its values or bounds). ``check``: refuse a trial whose config sets something its
+    detector does not read (a parameter that varies such a setting would give identical
+    trials), before anything runs; a report of a sweep that already ran passes False.
     """
     base = trial_config(space, {}, overrides)
     plan = [
         (t, trial_config(space, t.overrides, overrides, repeat=t.repeat))
         for t in static_plan(space)
     ]
+    if check:
+        for trial, cfg in plan or _probes(space, overrides, base):
+            check_trial_settings(space, trial.overrides, overrides, cfg)
     if space.scheduler.kind == "asha" and any(
         not c.train.eval_every for c in [base] + [c for _, c in plan]
     ):
@@ -35,6 +50,44 @@ def plan_sweep(space: Space, overrides: dict[str, Any]) -> Plan:
             "asha needs intermediate evaluations: set train.eval_every (in `fixed`)",
         )
     return plan
+
+
+def _probes(space: Space, overrides: dict[str, Any], base: ExperimentConfig) -> Plan:
+    """For a space planned at run time (TPE): the base, and each parameter at each of its
+    values (a distribution: its bounds) where it applies (its `when` at their first
+    values), so that a parameter no trial would read is refused before anything runs."""
+    probes: Plan = [(PlannedTrial("base", {}, 0), base)]
+    for p in space.parameters:
+        values = p.values or (
+            (int(p.low), int(p.high)) if p.distribution == "int_uniform" else (p.low, p.high)
+        )
+        for value in values:
+            chosen = {key: allowed[0] for key, allowed in p.when} | {p.key: value}
+            trial = active_overrides(space, chosen)
+            probes.append((PlannedTrial("probe", trial, 0), trial_config(space, trial, overrides)))
+    return probes
+
+
+def check_trial_settings(
+    space: Space, trial: dict[str, Any], overrides: dict[str, Any], cfg: ExperimentConfig
+) -> None:
+    """Raise on the first setting of ``cfg`` (the trial ``trial`` of ``space``, with the
+    command line's ``overrides``) that nothing chosen reads, naming where it was set: a
+    parameter or ``fixed`` of the space, ``--set``, or the base preset."""
+    problems = setting_problems(cfg)
+    if not problems:
+        return
+    key, problem = problems[0]
+    if key in overrides:
+        source, where = "--set", key
+    elif key in trial:
+        source, where = space.path, f"parameters.{key}"
+    elif key in space.fixed:
+        source, where = space.path, f"fixed.{key}"
+    else:
+        source, where = f"preset {space.base}", key
+    shown = ", ".join(f"{k}={short_value(v)}" for k, v in trial.items() if k != SEED_KEY)
+    raise ConfigError(source, where, f"{problem} (in the trial {shown})" if shown else problem)
 
 
 def trials_at_once(space: Space, max_concurrent: int, cpus: float) -> int:

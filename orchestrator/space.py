@@ -48,6 +48,7 @@ from detectors.config import (
     preset_names,
     read_yaml,
 )
+from detectors.metrics import METRIC_NAMES, PER_CATEGORY_PREFIX
 
 Method = Literal["grid", "random", "tpe"]
 _TOP_KEYS = {
@@ -256,6 +257,7 @@ def load_space(
     for key in metric:
         if key not in ("name", "goal"):
             raise _fail(source, f"metric.{key}", "unknown key; expected name, goal")
+    metric_name = _metric_name(metric.get("name", "AP"), source)
     goal = metric.get("goal", "maximize")
     if goal not in ("maximize", "minimize"):
         raise _fail(source, "metric.goal", f"must be maximize or minimize, got {goal!r}")
@@ -320,7 +322,7 @@ def load_space(
         name=name,
         path=source,
         base=base,
-        metric=str(metric.get("name", "AP")),
+        metric=metric_name,
         goal=goal,
         method=method,
         description=str(raw.get("description", "")),
@@ -339,6 +341,20 @@ def load_space(
         if not any(control_of(space, o) == o for o in planned):
             raise _fail(source, "control", "matches no planned configuration")
     return space
+
+
+def _metric_name(name: Any, source: str) -> str:
+    """A measure the evaluation reports (``detectors.metrics.METRIC_NAMES``, or the AP of
+    one class as ``AP/<class name>``): a sweep towards anything else would never see it."""
+    if isinstance(name, str) and (name in METRIC_NAMES or name.startswith(PER_CATEGORY_PREFIX)):
+        return name
+    hint = did_you_mean(str(name), METRIC_NAMES)
+    raise _fail(
+        source,
+        "metric.name",
+        f"{name!r} is not a metric the evaluation produces{hint}; choose from "
+        f"{', '.join(METRIC_NAMES)}, or {PER_CATEGORY_PREFIX}<class name>",
+    )
 
 
 def _scheduler(raw: Any, source: str) -> Scheduler:

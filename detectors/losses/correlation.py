@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -307,6 +307,10 @@ def _check_options(kind: str, strength: float, strength_mode: str, ddof: int) ->
         raise ValueError(
             f"unknown correlation kind {kind!r}; expected one of {list(CORRELATIONS)}"
         )
+    _check_strength_and_ddof(strength, strength_mode, ddof)
+
+
+def _check_strength_and_ddof(strength: float, strength_mode: str, ddof: int) -> None:
     if strength_mode not in STRENGTH_MODES:
         raise ValueError(f"unknown strength_mode {strength_mode!r}; expected {STRENGTH_MODES}")
     if not strength > 0:
@@ -341,7 +345,7 @@ def _per_pool(
     y: Tensor,
     pool_index: Tensor,
     num_pools: int,
-    kind: str,
+    coefficient: CorrelationFn,
     strength: float,
     strength_mode: StrengthMode,
     ddof: int,
@@ -349,7 +353,7 @@ def _per_pool(
     """(rho [P], valid [P]) in the compute dtype with autocast off."""
     dtype = _compute_dtype(x, y)
     with torch.autocast(x.device.type, enabled=False):
-        return CORRELATIONS[kind](
+        return coefficient(
             x.to(dtype),
             y.to(dtype),
             pool_index,
@@ -380,7 +384,8 @@ def correlation_coefficient(
     _check_pair(x, y)
     _check_options(kind, strength, strength_mode, ddof)
     pool_index = torch.zeros(x.numel(), dtype=torch.long, device=x.device)
-    rho, valid = _per_pool(x, y, pool_index, 1, kind, strength, strength_mode, ddof)
+    coefficient = CORRELATIONS[kind]
+    rho, valid = _per_pool(x, y, pool_index, 1, coefficient, strength, strength_mode, ddof)
     return torch.where(valid, rho, math.nan)[0]
 
 
@@ -413,7 +418,8 @@ def correlation_loss(
     _check_options(kind, strength, strength_mode, ddof)
     scores, ious = _route_gradient(scores, ious, grad_to)
     pool_index = torch.zeros(scores.numel(), dtype=torch.long, device=scores.device)
-    rho, valid = _per_pool(scores, ious, pool_index, 1, kind, strength, strength_mode, ddof)
+    coefficient = CORRELATIONS[kind]
+    rho, valid = _per_pool(scores, ious, pool_index, 1, coefficient, strength, strength_mode, ddof)
     if scores.numel() == 0:
         return _zero_connected(scores, ious)
     return torch.where(valid, 1 - rho, 0.0)[0]
@@ -532,8 +538,40 @@ def pooled_correlation_loss(
     Returns :class:`CorrelationOutput`; its ``coefficient`` and counts synchronize with the
     device once (they are logged every iteration).
     """
-    _check_pair(scores, ious)
     _check_options(kind, strength, strength_mode, ddof)
+    return pooled_correlation(
+        scores,
+        ious,
+        pool_ids,
+        coefficient=CORRELATIONS[kind],
+        strength=strength,
+        strength_mode=strength_mode,
+        ddof=ddof,
+        grad_to=grad_to,
+        num_pools=num_pools,
+        rank_local_ids=rank_local_ids,
+        sync=sync,
+    )
+
+
+def pooled_correlation(
+    scores: Tensor,
+    ious: Tensor,
+    pool_ids: Tensor | None = None,
+    *,
+    coefficient: CorrelationFn,
+    strength: float = 1.0,
+    strength_mode: StrengthMode = "absolute",
+    ddof: int = 0,
+    grad_to: GradTo = "cls",
+    num_pools: int | None = None,
+    rank_local_ids: bool = False,
+    sync: bool = False,
+) -> CorrelationOutput:
+    """:func:`pooled_correlation_loss` with the coefficient given as a function of
+    :data:`CORRELATIONS` rather than by name (what :class:`CorrelationLoss` calls)."""
+    _check_pair(scores, ious)
+    _check_strength_and_ddof(strength, strength_mode, ddof)
     scores, ious = _route_gradient(scores, ious, grad_to)
 
     if pool_ids is None:
@@ -555,7 +593,7 @@ def pooled_correlation_loss(
         pool_index = pool_ids
 
     rho, valid = _per_pool(
-        scores, ious, pool_index, num_pools, kind, strength, strength_mode, ddof
+        scores, ious, pool_index, num_pools, coefficient, strength, strength_mode, ddof
     )
     num_valid = valid.sum()
     loss = torch.where(valid, 1 - rho, 0.0).sum() / num_valid.clamp(min=1)
@@ -569,3 +607,60 @@ def pooled_correlation_loss(
         num_pools=num_pools,
         num_skipped=num_pools - int(valid_count),
     )
+
+
+Pool = Literal["batch", "level", "image"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class CorrelationLoss:
+    """The correlation slot's object: ``weight · (1 − ρ(s, IoU))`` over pools of positives.
+
+    ``loss(scores, ious, *, image_ids, num_images, level_ids=None, num_levels=None) ->
+    (weighted loss or None, CorrelationOutput)``: scores [P] (probability of each positive's
+    ground-truth class) and ious [P] (IoU of its decoded box with its ground truth), the
+    image [P] and FPN level [P] of each positive, and how many images and levels there are.
+    ``pool`` picks which of them share a coefficient (``batch``: all). At ``weight == 0``
+    nothing is trained: ρ is computed without gradient (it is still logged) and the loss is
+    None. Level pools need ``level_ids`` (heads without FPN levels refuse them).
+    """
+
+    coefficient: CorrelationFn  # one of CORRELATIONS
+    weight: float  # λ_corr
+    pool: Pool = "batch"
+    strength: float = 1.0  # spearman: soft-rank ε (absolute) or its multiple (relative)
+    strength_mode: StrengthMode = "absolute"
+    ddof: int = 0  # concordance: 0 population, 1 unbiased moments
+    grad_to: GradTo = "cls"  # which input the gradient reaches (weight > 0 only)
+    sync: bool = False  # pool across DDP workers (weight > 0 only)
+
+    def __call__(
+        self,
+        scores: Tensor,
+        ious: Tensor,
+        *,
+        image_ids: Tensor,
+        num_images: int,
+        level_ids: Tensor | None = None,
+        num_levels: int | None = None,
+    ) -> tuple[Tensor | None, CorrelationOutput]:
+        if self.pool == "level" and level_ids is None:
+            raise ValueError("pool='level' needs the positives' FPN levels")
+        pool_ids = {"batch": None, "level": level_ids, "image": image_ids}[self.pool]
+        num_pools = {"batch": None, "level": num_levels, "image": num_images}[self.pool]
+        options: dict[str, Any] = {
+            "coefficient": self.coefficient,
+            "strength": self.strength,
+            "strength_mode": self.strength_mode,
+            "ddof": self.ddof,
+            "num_pools": num_pools,
+            # Level ids mean the same on every DDP worker; image ids are local to each.
+            "rank_local_ids": self.pool == "image",
+        }
+        if self.weight == 0:
+            with torch.no_grad():
+                return None, pooled_correlation(scores.float(), ious.float(), pool_ids, **options)
+        out = pooled_correlation(
+            scores, ious, pool_ids, grad_to=self.grad_to, sync=self.sync, **options
+        )
+        return self.weight * out.loss, out

@@ -16,6 +16,8 @@ The detector's loss is ``Σ_pos λ'_i ℓ_i + Σ_neg ℓ_j + L_reg`` (negatives 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import Tensor
 
@@ -88,3 +90,20 @@ def dc_weighted_sum(
     else:
         weights = _raw_weights(pred_boxes, gt_boxes, eps)
     return (weights * cls_losses_pos).sum()
+
+
+@dataclass(frozen=True, kw_only=True)
+class DCWeighting:
+    """The DC loss as an object: ``weights(pred_boxes [P, 4], gt_boxes [P, 4], cls_losses
+    [P]) -> [P]``, detached, to multiply the positives' classification losses by.
+
+    ``normalize``: λ' of :func:`dc_weights` (the positives' loss keeps its value); False:
+    the raw ``λ = 1 / (e + ε)``, which also rescales it (an ablation knob)."""
+
+    eps: float  # keeps λ = 1 / (e + ε) finite for perfect boxes
+    normalize: bool = True
+
+    def __call__(self, pred_boxes: Tensor, gt_boxes: Tensor, cls_losses: Tensor) -> Tensor:
+        if self.normalize:
+            return dc_weights(pred_boxes.detach(), gt_boxes, cls_losses.detach(), eps=self.eps)
+        return _raw_weights(pred_boxes.detach(), gt_boxes, self.eps)

@@ -2,10 +2,25 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch.nn.functional as F
 from torch import Tensor
 
 from detectors import box_ops
+
+
+class RegressionLoss(Protocol):
+    """``loss(pred [P, 4], target [P, 4], *, pred_boxes [P, 4], gt_boxes [P, 4]) -> [P]``.
+
+    ``pred`` and ``target`` are in the detector's regression space (its box coder's: deltas,
+    side distances...); ``pred_boxes`` and ``gt_boxes`` are the decoded predictions and their
+    ground truths, xyxy, for losses on boxes (GIoU). One value per positive, no reduction.
+    """
+
+    def __call__(
+        self, pred: Tensor, target: Tensor, /, *, pred_boxes: Tensor, gt_boxes: Tensor
+    ) -> Tensor: ...
 
 
 def l1_loss(pred_deltas: Tensor, target_deltas: Tensor, **_: Tensor) -> Tensor:
@@ -25,4 +40,8 @@ def giou_loss(
     return 1 - box_ops.elementwise_giou(pred_boxes, gt_boxes)
 
 
-REGRESSION_LOSSES = {"l1": l1_loss, "smooth_l1": smooth_l1_loss, "giou": giou_loss}
+REGRESSION_LOSSES: dict[str, RegressionLoss] = {
+    "l1": l1_loss,
+    "smooth_l1": smooth_l1_loss,
+    "giou": giou_loss,
+}

@@ -11,10 +11,16 @@ from detectors.metrics.coco import coco_ap
 from detectors.metrics.coco_io import coco_from_dict, metric_key
 from detectors.metrics.correlation import beta_cls, beta_img
 from detectors.metrics.lrp import LrpResult, olrp
-from detectors.metrics.suite import evaluate_detections
+from detectors.metrics.suite import (
+    METRIC_NAMES,
+    PER_CATEGORY_PREFIX,
+    evaluate_detections,
+)
 from detectors.metrics.voc import voc_map
 
 __all__ = [
+    "METRIC_NAMES",
+    "PER_CATEGORY_PREFIX",
     "LrpResult",
     "ap_bounds",
     "beta_cls",

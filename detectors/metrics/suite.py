@@ -21,6 +21,19 @@ from detectors.metrics.correlation import beta_img, mean_spearman
 from detectors.metrics.lrp import lrp_from_match
 from detectors.metrics.matching import AREA_RANGES, IOU_THRESHOLDS, find_candidates
 
+# Every measure of the suite, by the key evaluate_detections gives it (besides one
+# ``AP/<category>`` per category), then the VOC measures the engine adds on VOC data: what
+# a sweep may optimise.
+SUITE_METRICS: tuple[str, ...] = (
+    *("AP", "AP50", "AP75", "APs", "APm", "APl"),
+    *("AP_upper", "AP_lower", "AP50_upper", "AP50_lower", "AP75_upper", "AP75_lower"),
+    *("beta_img", "beta_cls", "oLRP", "oLRP_Loc", "oLRP_FP", "oLRP_FN", "num_detections"),
+)
+BOOTSTRAP_METRICS: tuple[str, ...] = ("AP_boot_sd", "AP50_boot_sd", "AP75_boot_sd")
+VOC_METRICS: tuple[str, ...] = ("VOC_mAP", "VOC07_mAP")
+METRIC_NAMES: tuple[str, ...] = SUITE_METRICS + BOOTSTRAP_METRICS + VOC_METRICS
+PER_CATEGORY_PREFIX = "AP/"  # AP/<category name>
+
 
 def evaluate_detections(
     coco_gt: COCO,

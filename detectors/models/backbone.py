@@ -17,6 +17,9 @@ from torch import Tensor, nn
 from torchvision.ops import FeaturePyramidNetwork
 from torchvision.ops.feature_pyramid_network import LastLevelP6P7
 
+# The small CNNs of the CPU presets: no weights to load, no stages to freeze.
+TINY_BACKBONES = ("tiny", "tiny_fast")
+
 
 class PretrainedWeightsError(RuntimeError):
     """Weights were asked for but cannot be loaded here (one line, names the source)."""
@@ -178,7 +181,7 @@ def build_backbone(
     frozen_bn: bool = False,
 ) -> BackboneWithFPN:
     trunk: TinyBackbone | ResNetBackbone
-    if name in ("tiny", "tiny_fast"):
+    if name in TINY_BACKBONES:
         if pretrained:
             raise PretrainedWeightsError(f"model.pretrained: the {name} backbone has no weights")
         if frozen_stages >= 0 or frozen_bn:

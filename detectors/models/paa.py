@@ -1,17 +1,18 @@
-"""PAA (Kim & Lee, ECCV 2020): ATSS's head and anchors (one square of 8 · stride per
-location, R-CNN deltas) whose centerness conv predicts the IoU of the box instead; PAA
-assignment (:class:`~detectors.assigners.PAAAssigner`, or IAC); the reference's losses and
+"""PAA (Kim & Lee, ECCV 2020): ATSS's parts (head, one square anchor of 8 · stride per
+location, R-CNN deltas) with an IoU quality branch; PAA assignment
+(:class:`~detectors.assigners.PAAAssigner`, or IAC); the reference's losses and
 post-processing:
 
 - box loss: GIoU, each positive weighted by the IoU of its (detached) prediction and
   normalised by the sum of those IoUs; without the IoU branch, unweighted over ``num_pos``;
-- IoU branch: binary cross-entropy to that IoU over the positives, weight ``iou_weight``;
-- test-time score ``sqrt(p · iou)`` (through :meth:`FCOS.postprocess`), then optionally
-  score voting: each detection's box becomes the mean of the same-class candidates
-  overlapping it, weighted by ``exp(−(1 − IoU)² / σ) · score``.
+- IoU branch: binary cross-entropy to that IoU over the positives, weight ``iou_weight``
+  (the base's :class:`~detectors.models.dense.QualityBranch`);
+- test-time score ``sqrt(p · iou)`` (the base's), then optionally score voting: each
+  detection's box becomes the mean of the same-class candidates overlapping it, weighted
+  by ``exp(−(1 − IoU)² / σ) · score``.
 
-Only the box loss and the detection boxes differ from :class:`~detectors.models.atss.ATSS`;
-the shared matching hands the predictions to assigners that ask for them (PAA's does).
+Only the box loss and the detection boxes differ from the base; the shared matching hands
+the predictions to assigners that ask for them (PAA's does).
 """
 
 from __future__ import annotations
@@ -19,12 +20,28 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor
+from torch import Tensor, nn
 
 from detectors import box_ops
-from detectors.models.atss import ATSS
-from detectors.models.dense import Positives, Targets, global_mean
+from detectors.assigners import Assigner
+from detectors.losses import (
+    CorrelationLoss,
+    DCWeighting,
+    ElementwiseClassificationLoss,
+    RankSortLoss,
+    RegressionLoss,
+)
+from detectors.models.anchors import AnchorGenerator
+from detectors.models.box_coders import BoxCoder
+from detectors.models.dense import (
+    DenseDetector,
+    Positives,
+    PostprocessParams,
+    QualityBranch,
+    global_mean,
+)
+from detectors.models.head import DenseHead
+from detectors.postprocess import NMS
 
 VOTING_SIGMA = 0.025  # σ of the score-voting weight (the reference's value)
 VOTING_MIN_IOU = 0.01  # candidates must overlap the detection by more than this to vote
@@ -52,39 +69,55 @@ def score_voting(
     return torch.where(total > 0, voted, det_boxes)
 
 
-class PAA(ATSS):
-    def __init__(self, *, score_voting: bool, iou_weight: float, **atss: Any) -> None:
-        super().__init__(**atss)
-        self.score_voting = score_voting
-        self.iou_weight = iou_weight
-
-    def regression_loss(self, outputs: dict[str, Any], positive: Tensor, pos: Positives) -> Tensor:
-        iou_logits: Tensor | None = outputs["centerness"]  # [B, N]: the IoU branch, or None
-        if len(pos.gt_boxes) == 0:  # keep every branch in the graph (DDP needs its gradients)
-            if iou_logits is not None:
-                outputs["iou_loss_sum"] = iou_logits.sum() * 0
-            return outputs["box_reg"].sum() * 0
-        per_pos = self.box_loss(outputs, positive, pos)  # [P] 1 − GIoU
-        if iou_logits is None:
-            return self.reg_weight * per_pos.sum()
-        iou = box_ops.elementwise_box_iou(pos.pred_boxes.detach(), pos.gt_boxes)  # [P]
-        outputs["iou_loss_sum"] = F.binary_cross_entropy_with_logits(
-            iou_logits[positive].float(), iou, reduction="sum"
+class PAA(DenseDetector):
+    def __init__(
+        self,
+        *,
+        backbone: nn.Module,
+        head: DenseHead,
+        anchor_generator: AnchorGenerator,
+        box_coder: BoxCoder,
+        assigner: Assigner,
+        num_classes: int,
+        cls_loss: ElementwiseClassificationLoss | RankSortLoss,
+        box_loss: RegressionLoss,
+        box_weight: float,
+        quality: QualityBranch | None,
+        correlation: CorrelationLoss,
+        dc: DCWeighting | None,
+        nms: NMS,
+        post: PostprocessParams,
+        score_voting: bool,
+    ) -> None:
+        super().__init__(
+            backbone=backbone,
+            head=head,
+            anchor_generator=anchor_generator,
+            box_coder=box_coder,
+            assigner=assigner,
+            num_classes=num_classes,
+            cls_loss=cls_loss,
+            box_loss=box_loss,
+            box_weight=box_weight,
+            quality=quality,
+            correlation=correlation,
+            dc=dc,
+            nms=nms,
+            post=post,
         )
-        # Σ IoU·ℓ / Σ IoU (sums averaged over DDP workers, as the reference); the base
-        # divides what this returns by num_pos, so multiply by it here.
-        weight = iou.clamp(min=IOU_WEIGHT_EPS)
-        num_pos = global_mean(positive.sum().float()).clamp(min=1.0)
-        return self.reg_weight * (weight * per_pos).sum() * num_pos / global_mean(weight.sum())
+        self.score_voting = score_voting
 
-    def losses(
-        self, outputs: dict[str, Any], targets: Targets
-    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
-        losses, stats = super().losses(outputs, targets)
-        if "iou_loss_sum" in outputs:  # written by regression_loss above
-            num_pos = global_mean(stats["num_pos"]).clamp(min=1.0)
-            losses["loss_iou"] = self.iou_weight * outputs["iou_loss_sum"] / num_pos
-        return losses, stats
+    def box_loss_term(
+        self, outputs: dict[str, Any], positive: Tensor, pos: Positives, num_pos: Tensor
+    ) -> Tensor:
+        """With the IoU branch: ``box_weight · Σ IoU·ℓ / Σ IoU`` (sums averaged over DDP
+        workers, as the reference); without it, the base's mean over the positives."""
+        if self.quality is None or self.quality.target != "iou" or len(pos.gt_boxes) == 0:
+            return super().box_loss_term(outputs, positive, pos, num_pos)
+        per_pos = self.box_losses(outputs, positive, pos)  # [P] 1 − GIoU
+        iou = box_ops.elementwise_box_iou(pos.pred_boxes.detach(), pos.gt_boxes)  # [P]
+        weight = iou.clamp(min=IOU_WEIGHT_EPS)
+        return self.box_weight * (weight * per_pos).sum() / global_mean(weight.sum())
 
     def detection_boxes(
         self, keep: Tensor, boxes: Tensor, scores: Tensor, labels: Tensor

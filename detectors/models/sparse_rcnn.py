@@ -12,7 +12,7 @@ pairs (SPEC §2.1). Inference keeps the top-scoring (proposal, class) pairs of t
 stage: a set prediction has no duplicates to suppress.
 
 Layout: pooler -> dynamic conv -> stage -> head -> model; the builder is
-``detectors.models._sparse_rcnn``. Images are ``[B, 3, H, W]`` in [0, 1]; boxes are xyxy
+:func:`detectors.models.build_detector`. Images are ``[B, 3, H, W]`` in [0, 1]; boxes are xyxy
 pixels of the (padded) input.
 """
 
@@ -28,8 +28,7 @@ from torch import Tensor, nn
 from torchvision.ops import roi_align
 
 from detectors import box_ops
-from detectors.config import CorrLossConfig, SparseLossConfig
-from detectors.losses import pooled_correlation_loss
+from detectors.losses import CorrelationLoss
 from detectors.losses.focal import FocalLoss
 from detectors.models.dense import PIXEL_MEAN, PIXEL_STD, Targets, global_mean
 from detectors.models.matcher import HungarianMatcher
@@ -258,7 +257,7 @@ class SparseRCNN(nn.Module):
     ``forward(images, targets)`` returns ``(losses, stats)`` in training, like
     :class:`~detectors.models.dense.DenseDetector`: per stage ``k`` (0 = first,
     ``num_stages - 1`` = the one used at inference) ``loss_cls_s{k}``, ``loss_l1_s{k}``,
-    ``loss_giou_s{k}`` and, when ``corr.weight > 0``, ``loss_corr_s{k}``. In evaluation it
+    ``loss_giou_s{k}`` and, when ``correlation.weight > 0``, ``loss_corr_s{k}``. In evaluation it
     returns per image ``boxes`` [K, 4], ``scores`` [K], ``labels`` [K] (K ≤
     ``max_detections``, by decreasing score) and, with targets, ``pos_scores``/``pos_ious``
     of the last stage's matched proposals (β_img).
@@ -276,18 +275,25 @@ class SparseRCNN(nn.Module):
         matcher: HungarianMatcher,
         num_classes: int,
         cls_loss: FocalLoss,
-        loss_weights: SparseLossConfig,
-        corr: CorrLossConfig,
+        cls_weight: float,
+        l1_weight: float,
+        giou_weight: float,
+        correlation: CorrelationLoss,
         max_detections: int,
     ) -> None:
+        """``cls_weight``, ``l1_weight``, ``giou_weight``: the set loss's weights per stage
+        (focal, L1 on boxes over the image's ``[w, h, w, h]``, 1 − GIoU); ``correlation``
+        pools by batch or image (an RoI head has no FPN-level pools)."""
         super().__init__()
+        if correlation.pool == "level":
+            raise ValueError("Sparse R-CNN has no FPN-level pools; pool by batch or image")
         self.backbone = backbone
         self.head = head
         self.matcher = matcher
         self.num_classes = num_classes
         self.cls_loss = cls_loss
-        self.loss_weights = loss_weights
-        self.corr = corr
+        self.cls_weight, self.l1_weight, self.giou_weight = cls_weight, l1_weight, giou_weight
+        self.correlation = correlation
         self.max_detections = max_detections
         self.register_buffer("pixel_mean", torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1), False)
         self.register_buffer("pixel_std", torch.tensor(PIXEL_STD).view(1, 3, 1, 1), False)
@@ -376,7 +382,6 @@ class SparseRCNN(nn.Module):
         normalizer: Tensor,
     ) -> dict[str, Tensor]:
         """Focal loss over every (proposal, class) and L1 + GIoU over matched pairs."""
-        w = self.loss_weights
         logits = outputs["cls_logits"].float()  # [B, N, C]
         cls_targets = torch.zeros_like(logits)
         cls_targets[pairs.image_ids, pairs.pred_ids, pairs.gt_labels] = 1.0
@@ -388,41 +393,21 @@ class SparseRCNN(nn.Module):
         else:  # keep the box branch in the graph (DDP expects every parameter to get a grad)
             loss_l1 = loss_giou = outputs["pred_boxes"].sum() * 0
         return {
-            "loss_cls": w.cls_weight * loss_cls / normalizer,
-            "loss_l1": w.l1_weight * loss_l1 / normalizer,
-            "loss_giou": w.giou_weight * loss_giou / normalizer,
+            "loss_cls": self.cls_weight * loss_cls / normalizer,
+            "loss_l1": self.l1_weight * loss_l1 / normalizer,
+            "loss_giou": self.giou_weight * loss_giou / normalizer,
         }
 
     def correlation_loss(
         self, pairs: MatchedPairs, batch_size: int
     ) -> tuple[Tensor | None, float, int]:
         """``λ_corr · (1 − ρ(IoU, s))`` over one stage's matched pairs (None when λ = 0),
-        ρ for logging, and the number of skipped pools. Pools: the batch or each image;
-        ``pool: level`` has no meaning for RoI heads and is refused when the model is built."""
+        ρ for logging, and the number of skipped pools (pools: the batch or each image)."""
         scores, ious = pairs.scores_and_ious()
-        by_image = self.corr.pool == "image"
-        options: dict[str, Any] = {
-            "kind": self.corr.kind,
-            "strength": self.corr.strength,
-            "strength_mode": self.corr.strength_mode,
-            "ddof": self.corr.ddof,
-            "num_pools": batch_size if by_image else None,
-            "rank_local_ids": by_image,  # image ids are local to each DDP worker
-        }
-        pool_ids = pairs.image_ids if by_image else None
-        if self.corr.weight == 0:  # ρ is still logged
-            with torch.no_grad():
-                out = pooled_correlation_loss(scores, ious, pool_ids, **options)
-            return None, out.coefficient, out.num_skipped
-        out = pooled_correlation_loss(
-            scores,
-            ious,
-            pool_ids,
-            grad_to=self.corr.grad_to,
-            sync=self.corr.sync,
-            **options,
+        loss, out = self.correlation(
+            scores, ious, image_ids=pairs.image_ids, num_images=batch_size
         )
-        return self.corr.weight * out.loss, out.coefficient, out.num_skipped
+        return loss, out.coefficient, out.num_skipped
 
     # ------------------------------------------------------------------ post-processing
     @torch.no_grad()

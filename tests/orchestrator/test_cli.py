@@ -62,6 +62,52 @@ def test_bad_set_value_is_exit_2(runner: CliRunner, tmp_path: Path) -> None:
     assert "train.iterations" in result.output and "Traceback" not in result.output
 
 
+def test_a_setting_the_detector_does_not_read_is_exit_2(runner: CliRunner, tmp_path: Path) -> None:
+    with mock.patch("detectors.engine.run_training") as train:
+        result = runner.invoke(
+            app,
+            [
+                "train",
+                "--preset",
+                "smoke",
+                "--set",
+                "model.name=atss",
+                "--set",
+                "assign.fg_iou=0.7",
+            ],
+        )
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == (
+        "corrtune: error: --set: assign.fg_iou: not used by model.name=atss: its assigner is "
+        "ATSS (model.atss_topk)"
+    )
+    train.assert_not_called()
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE + "  assign.fg_iou: {values: [0.5, 0.7]}\nfixed: {model.name: fcos}\n")
+    with mock.patch("orchestrator.sweep._run_trials") as run:
+        for args in (["--dry-run", "--no-measure"], []):
+            result = runner.invoke(app, ["sweep", str(space), *args])
+            assert result.exit_code == 2, result.output
+            assert (
+                f"{space}: parameters.assign.fg_iou: not used by model.name=fcos" in result.output
+            )
+    run.assert_not_called()
+
+
+def test_a_metric_the_evaluation_does_not_produce_is_exit_2(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    space = tmp_path / "s.yaml"
+    space.write_text(SPACE.replace("{name: AP, goal: maximize}", "{name: APP}"))
+    with mock.patch("orchestrator.sweep._run_trials") as run:
+        for args in (["--dry-run", "--no-measure"], ["--preset", "smoke"]):
+            result = runner.invoke(app, ["sweep", str(space), *args])
+            assert result.exit_code == 2, result.output
+            assert "metric.name: 'APP' is not a metric the evaluation produces" in result.output
+            assert "oLRP" in result.output  # the message lists them
+    run.assert_not_called()
+
+
 def test_dry_run_prints_the_plan_and_runs_nothing(runner: CliRunner, tmp_path: Path) -> None:
     space = tmp_path / "s.yaml"
     space.write_text(SPACE)
@@ -337,3 +383,29 @@ def test_eval_of_a_missing_checkpoint_exits_2(runner: CliRunner, tmp_path: Path)
     result = runner.invoke(app, ["eval", str(tmp_path / "none.pt")])
     assert result.exit_code == 2
     assert "none.pt: no such checkpoint file" in result.output
+
+
+def test_eval_reads_checkpoints_from_before_model_quality_and_refuses_unread_sets(
+    runner: CliRunner, tmp_path: Path, smoke_checkpoint: Path
+) -> None:
+    import torch
+
+    state = torch.load(smoke_checkpoint, map_location="cpu", weights_only=False)
+    state["config"]["model"].pop("quality")
+    state["config"]["model"].pop("quality_alpha")
+    state["config"]["model"]["centerness"] = True  # what a checkpoint used to hold
+    state["config"]["loss"].pop("cls")
+    state["model"] = {  # RetinaNetHead's box conv was named bbox_pred
+        k.replace("head.box_reg.", "head.bbox_pred."): v for k, v in state["model"].items()
+    }
+    old = tmp_path / "old.pt"
+    torch.save(state, old)
+    now = runner.invoke(app, ["eval", str(smoke_checkpoint)])
+    then = runner.invoke(app, ["eval", str(old)])
+    assert now.exit_code == then.exit_code == 0, then.output
+    assert json.loads(then.output)["AP"] == json.loads(now.output)["AP"]
+    unread = runner.invoke(app, ["eval", str(smoke_checkpoint), "--set", "nms.beta=2.0"])
+    assert unread.exit_code == 2
+    assert unread.output.startswith(
+        "corrtune: error: --set: nms.beta: not used by nms.kind=greedy: only cl_balanced reads it"
+    )

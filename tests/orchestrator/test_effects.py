@@ -148,6 +148,28 @@ def test_ablation_compares_every_combination_with_the_baseline() -> None:
     assert len(configs) == 8
 
 
+def test_alignment_has_the_nine_arms_against_plain_focal_loss() -> None:
+    controls, configs, space = _controls("alignment")
+    plain = {"loss.cls.kind": "focal", "model.quality": "native", "loss.corr.weight": 0.0}
+    assert {str(c) for c in controls.values()} == {str(plain)}
+    arms = {
+        (o["loss.cls.kind"], o.get("model.quality", "-"), o.get("loss.corr.weight", "-"))
+        for o in configs.values()
+    }
+    assert arms == {
+        ("focal", "native", 0.0),
+        ("focal", "native", 0.2),
+        ("focal", "iou", 0.0),  # IoU-aware scoring
+        ("focal", "iou", 0.2),
+        ("qfl", "-", 0.0),
+        ("qfl", "-", 0.2),
+        ("vfl", "-", 0.0),
+        ("vfl", "-", 0.2),
+        ("rs", "-", "-"),
+    }
+    assert space.fixed == {"model.name": "atss"} and space.repeats == 3
+
+
 def test_every_shipped_space_declares_a_control_and_three_seeds() -> None:
     for path in sorted((ROOT / "search_spaces").glob("*.yaml")):
         space = load_space(path)

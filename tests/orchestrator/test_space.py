@@ -46,6 +46,80 @@ def test_every_shipped_space_is_valid_and_plans(path: Path) -> None:
 
 
 @pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
+def test_every_trial_of_every_shipped_space_sets_only_what_it_reads(path: Path) -> None:
+    from orchestrator.plan import plan_sweep
+
+    for preset in (None, "smoke"):  # its own base, and the one the tests swap in
+        assert plan_sweep(load_space(path, preset=preset), {}) or load_space(path).max_trials
+
+
+def test_a_metric_of_one_class_is_a_metric(tmp_path: Path) -> None:
+    text = VALID.replace("name: AP,", "name: AP/circle,")
+    assert load_space(write(tmp_path, text)).metric == "AP/circle"
+
+
+UNREAD = """
+name: demo
+base: smoke
+metric: {name: AP, goal: maximize}
+parameters:
+  model.name: {values: [retinanet, atss]}
+  assign.fg_iou: {values: [0.5, 0.6]}
+"""
+
+
+def test_a_parameter_a_trial_does_not_read_is_an_error_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.plan import plan_sweep
+
+    space = load_space(write(tmp_path, UNREAD))  # valid on its own: the values are
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(space, {})
+    assert (info.value.source, info.value.key) == (space.path, "parameters.assign.fg_iou")
+    assert info.value.problem == (
+        "not used by model.name=atss: its assigner is ATSS (model.atss_topk) "
+        "(in the trial model.name=atss, assign.fg_iou=0.6)"
+    )
+    # `when` plans it only for the detector that reads it.
+    fixed = UNREAD.replace("[0.5, 0.6]}", "[0.5, 0.6], when: {model.name: [retinanet]}}")
+    assert len(plan_sweep(load_space(write(tmp_path, fixed)), {})) == 3
+
+
+def test_a_tpe_parameter_no_trial_reads_is_refused_before_anything_runs(
+    tmp_path: Path,
+) -> None:
+    from orchestrator.plan import plan_sweep
+
+    tpe = """
+name: demo
+base: smoke
+method: tpe
+max_trials: 4
+fixed: {model.name: atss}
+parameters:
+  loss.corr.weight: {distribution: uniform, min: 0.0, max: 0.5}
+  assign.fg_iou: {distribution: uniform, min: 0.5, max: 0.7}
+"""
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(load_space(write(tmp_path, tpe)), {})
+    assert info.value.key == "parameters.assign.fg_iou" and "model.name=atss" in str(info.value)
+    assert plan_sweep(load_space(write(tmp_path, tpe.replace("atss", "retinanet"))), {}) == []
+
+
+def test_a_fixed_value_or_a_set_nothing_reads_names_where_it_was_set(tmp_path: Path) -> None:
+    from orchestrator.plan import plan_sweep
+
+    fixed = VALID + "fixed: {model.name: fcos, model.atss_topk: 5}\n"
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(load_space(write(tmp_path, fixed)), {})
+    assert info.value.key == "fixed.model.atss_topk" and "model.name=fcos" in info.value.problem
+    with pytest.raises(ConfigError) as info:
+        plan_sweep(load_space(write(tmp_path, VALID)), {"nms.beta": 2.0})
+    assert (info.value.source, info.value.key) == ("--set", "nms.beta")
+
+
+@pytest.mark.parametrize("path", SPACES, ids=[p.stem for p in SPACES])
 def test_every_shipped_space_dry_runs_with_its_control(path: Path) -> None:
     from orchestrator.plan import describe_plan, plan_sweep
 
@@ -115,6 +189,12 @@ def test_preset_option_replaces_base(tmp_path: Path) -> None:
         (VALID + "method: bayes\n", "method", "grid, random or tpe"),
         (VALID + "repeats: 0\n", "repeats", "at least 1"),
         (VALID.replace("goal: maximize", "goal: up"), "metric.goal", "maximize or minimize"),
+        (
+            VALID.replace("name: AP,", "name: APP,"),
+            "metric.name",
+            "'APP' is not a metric the evaluation produces (did you mean 'AP'?); choose from "
+            "AP, AP50,",
+        ),
         (VALID + "budget: {gpu_hours: 2}\n", "budget.gpu_hours", "request no GPU"),
         (VALID + "budget: {cpu_hours: 0}\n", "budget.cpu_hours", "must be positive"),
         (VALID + "budget: {hours: 2}\n", "budget.hours", "expected gpu_hours, cpu_hours"),

@@ -379,7 +379,7 @@ def test_paa_trains_with_iou_branch_and_iac_replaces_its_assigner() -> None:
     assert isinstance(model.assigner, PAAAssigner)
     assert all(r["num_pos"] > 0 and r["loss_iou"] > 0 for r in history)
     assert all(math.isfinite(v) for r in history for k, v in r.items() if k != "corr_coefficient")
-    _, without_iou = two_step_stats(**{"model.centerness": False})  # the paper's ablation
+    _, without_iou = two_step_stats(**{"model.quality": "none"})  # the paper's ablation
     assert all("loss_iou" not in r and math.isfinite(r["loss_reg"]) for r in without_iou)
     iac, iac_history = two_step_stats(**{"assign.kind": "iac", "assign.score_thr": 0.01})
     assert isinstance(iac.assigner, IACAssigner)
@@ -404,6 +404,6 @@ def test_box_loss_is_iou_weighted_giou_and_iou_branch_learns_the_iou() -> None:
     want = 1.3 * (ious * (1 - gious)).sum() / ious.sum()
     assert len(ious) > 0
     assert losses["loss_reg"].item() == pytest.approx(want.item(), rel=1e-5)
-    iou_logits = outputs["centerness"][labels == 1]
+    iou_logits = outputs["quality"][labels == 1]
     bce = torch.nn.functional.binary_cross_entropy_with_logits(iou_logits, ious, reduction="sum")
     assert losses["loss_iou"].item() == pytest.approx(0.5 * bce.item() / len(ious), rel=1e-5)

@@ -18,6 +18,13 @@ from detectors.metrics import (
     evaluate_detections,
     olrp,
 )
+from detectors.metrics.suite import (
+    BOOTSTRAP_METRICS,
+    METRIC_NAMES,
+    PER_CATEGORY_PREFIX,
+    SUITE_METRICS,
+    VOC_METRICS,
+)
 
 from .conftest import EvaluatedCase
 
@@ -69,6 +76,19 @@ def test_keys_are_mlflow_safe_and_values_floats(
     assert "AP/traffic light _red_" in result and "AP/person_s bag_ large" in result
     assert all(type(value) is float for value in result.values())
     assert math.isnan(result["beta_img"])  # no pairs given
+
+
+def test_the_metric_names_are_exactly_what_the_suite_returns(
+    make_dataset: Callable[..., dict[str, Any]], make_detections: Callable[..., list[dict]]
+) -> None:
+    # What a sweep's `metric` may name (orchestrator.space checks against these).
+    dataset = make_dataset(4)
+    result = evaluate_detections(coco_from_dict(dataset), make_detections(dataset, 4), bootstrap=5)
+    per_category = {k for k in result if k.startswith(PER_CATEGORY_PREFIX)}
+    assert len(per_category) == len(dataset["categories"])
+    assert set(result) - per_category == set(SUITE_METRICS) | set(BOOTSTRAP_METRICS)
+    assert set(SUITE_METRICS) == FIXED_KEYS
+    assert set(METRIC_NAMES) == set(SUITE_METRICS) | set(BOOTSTRAP_METRICS) | set(VOC_METRICS)
 
 
 def test_empty_detections(

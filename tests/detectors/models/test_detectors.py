@@ -158,7 +158,7 @@ def test_iac_applies_to_atss() -> None:
 @pytest.mark.parametrize("name", ["atss", "fcos"])
 def test_centerness_branch_is_optional(name: str) -> None:
     _, with_ctr = train_two_steps(smoke(name))
-    _, without = train_two_steps(smoke(name, **{"model.centerness": False}))
+    _, without = train_two_steps(smoke(name, **{"model.quality": "none"}))
     assert with_ctr[0]["loss_centerness"] > 0
     assert "loss_centerness" not in without[0]
 
