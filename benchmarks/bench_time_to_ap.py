@@ -40,6 +40,7 @@ PREVIOUS = {
     "train.ema_decay": 0.0,
     "train.log_every": 25,
     "data.image_size": 128,
+    "model.backbone": "tiny",
 }
 RECIPES = {"previous": PREVIOUS, "current": {}}
 
