@@ -148,3 +148,18 @@ def resume_command(space_path: str | Path, opts: SweepOptions, storage_given: st
     if opts.address:
         words += ["--address", opts.address]
     return shlex.join([*words, "--resume"])
+
+
+def checkpoint_storage(given: str | None, ledger: Ledger, folder: Path) -> str:
+    """Where Ray keeps the sweep's checkpoints: ``--storage``, else where an earlier run of
+    the sweep kept them (a resume must look there), else ``<sweep folder>/ray``."""
+    if given and "://" not in given:
+        given = str(Path(given).expanduser().resolve())
+    if given and ledger.storage and given != ledger.storage:
+        raise ConfigError(
+            "--storage",
+            "storage",
+            f"this sweep keeps its checkpoints in {ledger.storage}; resume it with that "
+            "--storage (or none)",
+        )
+    return given or ledger.storage or str(folder / "ray")

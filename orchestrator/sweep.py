@@ -139,27 +139,12 @@ def _prepare(space_path: str | Path, opts: SweepOptions) -> _Sweep:
     plan = plan_sweep(space, opts.overrides)
     resume.check_space(space, ledger, sweep_dir(opts.workdir, name), opts.workdir)
     storage_given = opts.storage if not ledger.invocation else ledger.invocation.get("storage")
-    ledger.storage = _storage(opts.storage, ledger, sweep_dir(opts.workdir, name))
+    ledger.storage = resume.checkpoint_storage(opts.storage, ledger, sweep_dir(opts.workdir, name))
     ledger.space_digest, ledger.space = space.digest(), space.definition()
     ledger.repeats = space.repeats
     ledger.invocation = resume.invocation(opts) | {"storage": storage_given}
     opts = dataclasses.replace(opts, storage=ledger.storage)
     return _Sweep(space, space_path, plan, ledger, opts, restored=restored)
-
-
-def _storage(given: str | None, ledger: Ledger, folder: Path) -> str:
-    """Where Ray keeps the sweep's checkpoints: ``--storage``, else where an earlier run of
-    the sweep kept them (a resume must look there), else ``<sweep folder>/ray``."""
-    if given and "://" not in given:
-        given = str(Path(given).expanduser().resolve())
-    if given and ledger.storage and given != ledger.storage:
-        raise ConfigError(
-            "--storage",
-            "storage",
-            f"this sweep keeps its checkpoints in {ledger.storage}; resume it with that "
-            "--storage (or none)",
-        )
-    return given or ledger.storage or str(folder / "ray")
 
 
 def _run(sweep: _Sweep) -> SweepResult:
