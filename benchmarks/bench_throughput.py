@@ -9,12 +9,15 @@ the two models so machine noise hits both alike; the reported figure is the medi
 repeats of ``ours / torchvision`` images per second (> 1: ours is faster), with the
 interquartile range of the per-repeat ratios; when that range holds 1, or is wider than a
 quarter of the median, the comparison is inconclusive and the report says so. Peak memory
-of a training step: on CUDA ``max_memory_allocated``; on the CPU the peak resident set size
-above the built model's, each model measured alone in a fresh subprocess (RSS is per
-process).
+of a training step: on CUDA ``max_memory_allocated`` (both models and their optimizer
+states are resident, so also the peak above what was allocated before the step: the step's
+own activations, gradients and workspaces); on the CPU the peak resident set size above the
+built model's, each model measured alone in a fresh subprocess (RSS is per process;
+``--no-memory`` skips those subprocesses).
 
     python benchmarks/bench_throughput.py [--size 320] [--batch 2 [8 ...]] [--iters 20]
-        [--repeats 5] [--threads 2] [--device cpu] [--out results/bench/throughput]
+        [--repeats 5] [--warmup 1] [--threads 2] [--device cpu] [--no-memory]
+        [--out results/bench/throughput]
 """
 
 from __future__ import annotations
@@ -121,10 +124,15 @@ def timed(step: Callable[[], None], iters: int, device: torch.device) -> list[fl
     return times
 
 
-def peak_mb(step: Callable[[], None], device: torch.device) -> float:
+def peak_mb(step: Callable[[], None], device: torch.device) -> tuple[float, float]:
+    """Peak allocated MB during one step, and the peak above what was allocated before it."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
     torch.cuda.reset_peak_memory_stats(device)
     step()
-    return torch.cuda.max_memory_allocated(device) / 2**20
+    torch.cuda.synchronize(device)
+    peak = torch.cuda.max_memory_allocated(device)
+    return peak / 2**20, (peak - before) / 2**20
 
 
 def _rss_mb() -> float:
@@ -194,12 +202,15 @@ def compare(
         "torchvision": step_fn(reference(name, args.size, device), False, batch),
     }
     for step in steps.values():  # warm-up: allocator, cudnn autotuning, first-call costs
-        step()
-    memory = (
-        {k: peak_mb(s, device) for k, s in steps.items()}
-        if device.type == "cuda"
-        else {k: cpu_peak_mb(name, k, args) for k in steps}
-    )
+        for _ in range(args.warmup):
+            step()
+    memory: dict[str, float | None] = dict.fromkeys(steps)
+    step_memory: dict[str, float | None] = dict.fromkeys(steps)
+    if device.type == "cuda":
+        for key, step in steps.items():
+            memory[key], step_memory[key] = peak_mb(step, device)
+    elif args.memory:
+        memory = {k: cpu_peak_mb(name, k, args) for k in steps}
     seconds: dict[str, list[list[float]]] = {k: [] for k in steps}
     for repeat in range(args.repeats):
         order = list(steps) if repeat % 2 == 0 else list(reversed(steps))
@@ -215,6 +226,7 @@ def compare(
         "images_per_s": {k: args.batch / statistics.median(v) for k, v in median.items()},
         "sec_per_step": seconds,
         "peak_mem_mb": memory,
+        "step_mem_mb": step_memory,  # CUDA: the peak above the resident models and states
         "ratio_median": statistics.median(ratios),
         "ratio_iqr": [low, high],
         "verdict": verdict(statistics.median(ratios), low, high),
@@ -234,31 +246,39 @@ def markdown(report: dict[str, Any]) -> str:
         "",
         f"{report['device']}, {a['threads']} threads, input {a['size']}x{a['size']}, "
         f"batch {', '.join(map(str, a['batch']))}, {a['iters']} timed steps x "
-        f"{a['repeats']} interleaved repeats (after one warm-up step each); "
+        f"{a['repeats']} interleaved repeats (after {a.get('warmup', 1)} warm-up step(s) each); "
         f"torch {report['torch']}, torchvision {report['torchvision']}; load average "
         f"{report['load_average'][0]:.1f} -> {report['load_average'][1]:.1f} on "
         f"{report['cpu_count']} cores.",
         "",
         "| detector | batch | ours img/s | torchvision img/s | ratio (median) | IQR "
-        "| verdict | ratio (fastest step) | peak MB ours / tv |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| verdict | ratio (fastest step) | peak MB ours / tv | step MB ours / tv |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
+
+    def pair(mem: dict[str, float | None] | None) -> str:
+        if not mem or mem.get("ours") is None or mem.get("torchvision") is None:
+            return "-"
+        return f"{mem['ours']:.0f} / {mem['torchvision']:.0f}"
+
     for name, r in report["results"].items():
-        ips, mem = r["images_per_s"], r["peak_mem_mb"]
-        mem_text = f"{mem['ours']:.0f} / {mem['torchvision']:.0f}"
+        ips = r["images_per_s"]
         low, high = r["ratio_iqr"]
         lines.append(
             f"| {name.split()[0]} R50-FPN | {r['batch']} | {ips['ours']:.2f} | "
             f"{ips['torchvision']:.2f} | {r['ratio_median']:.2f}x | {low:.2f}-{high:.2f} | "
-            f"{r['verdict']} | {r['ratio_fastest_step']:.2f}x | {mem_text} |"
+            f"{r['verdict']} | {r['ratio_fastest_step']:.2f}x | {pair(r['peak_mem_mb'])} | "
+            f"{pair(r.get('step_mem_mb'))} |"
         )
     lines += [
         "",
         "ratio = ours / torchvision images per second (> 1: ours is faster): per repeat the",
         "median step of each, then the median (and interquartile range) over the interleaved",
         "repeats; and from each model's fastest single step (robust to other load).",
-        "Peak MB: CUDA max allocated in a step; CPU: peak RSS growth over a step above the",
-        "built model with its optimizer state (each model alone in a fresh process).",
+        "Peak MB: CUDA max allocated in a step (both models and their optimizer states are",
+        "resident); step MB: CUDA, that peak above what was allocated before the step. CPU:",
+        "peak RSS growth over a step above the built model with its optimizer state (each",
+        "model alone in a fresh process; - with --no-memory).",
     ]
     return "\n".join(lines) + "\n"
 
@@ -269,6 +289,13 @@ def main() -> None:
     parser.add_argument("--batch", type=int, nargs="+", default=[2])
     parser.add_argument("--iters", type=int, default=20, help="timed steps per repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per model first")
+    parser.add_argument(
+        "--no-memory",
+        dest="memory",
+        action="store_false",
+        help="CPU: skip the peak-RSS subprocesses (CUDA memory costs nothing and is kept)",
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--detectors", nargs="+", default=sorted(TORCHVISION))

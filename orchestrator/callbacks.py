@@ -45,7 +45,9 @@ class TrackingCallback(Callback):
     It also times where each trial's wall time goes: ``launch_s`` (trial start until the
     Ray Train worker runs: trial actor, controller, worker group), ``setup_s`` (data and
     model, in the worker), ``train_time_s`` (the training loop, evaluations and checkpoints
-    included) and ``teardown_s`` (last report until Tune ends it).
+    included) and ``teardown_s`` (last report until Tune ends it). On GPUs it also keeps
+    ``gpu_free_mb``, the device's free memory as the trial's worker started: on a shared GPU
+    it shows whether the trial before released its memory.
     """
 
     def __init__(
@@ -100,6 +102,8 @@ class TrackingCallback(Callback):
         if "trial/worker_started_at" in result and "launch_s" not in timing:
             timing["launch_s"] = float(result["trial/worker_started_at"]) - state.started
             timing["setup_s"] = float(result["trial/setup_s"])
+            if "trial/gpu_free_mb" in result:  # CUDA: free memory as its worker started
+                timing["gpu_free_mb"] = float(result["trial/gpu_free_mb"])
         if "trial/resumed_from" in result and "resumed_from" not in entry:
             entry["resumed_from"] = int(result["trial/resumed_from"])
             self.tracker.ledger.save()

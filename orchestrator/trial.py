@@ -89,6 +89,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
 
     stop_marker = loop_config.get("stop_marker", "")
     device = ray.train.torch.get_device() if cfg.train.use_gpu else torch.device("cpu")
+    at_start = gpu_free_at_start(device) if rank == 0 else {}
 
     def report(record: dict[str, Any], checkpoint_path: Path | None) -> None:
         if stop_marker and _stop_requested(stop_marker, device):
@@ -102,6 +103,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             record = record | {
                 "trial/worker_started_at": started_at,
                 "trial/setup_s": ready_at[0] - started_at,
+                **at_start,
             }
         if checkpoint_path is not None and rank == 0:
             ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_path.parent))
@@ -132,6 +134,18 @@ def train_worker(loop_config: dict[str, Any]) -> None:
         _pause(work_dir, pause, stop_marker)
     if device.type == "cuda":  # hand the memory back before the next trial's workers start
         torch.cuda.empty_cache()
+
+
+def gpu_free_at_start(device: Any) -> dict[str, float]:
+    """``{"trial/gpu_free_mb": MB}``: the device's free memory as the worker starts, before
+    it builds anything (CUDA; nothing on a CPU). Trials that follow each other on one GPU
+    show there whether the one before released its memory."""
+    if device.type != "cuda":
+        return {}
+    import torch
+
+    free, _total = torch.cuda.mem_get_info(device)
+    return {"trial/gpu_free_mb": free / 2**20}
 
 
 def _pause(work_dir: Path, pause: dict[str, Any], stop_marker: str) -> None:

@@ -15,6 +15,19 @@ BCCD = ROOT.parent / "shared" / "data" / "bccd"
 os.environ.setdefault("OMP_NUM_THREADS", "2")
 
 
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Tests marked ``cuda`` skip on a machine without a CUDA device (``pytest -m cuda``
+    selects them; benchmarks/gpu_check.sh runs them on a GPU, where none may skip)."""
+    marked = [item for item in items if item.get_closest_marker("cuda")]
+    if not marked:
+        return
+    import torch
+
+    if not torch.cuda.is_available():
+        for item in marked:
+            item.add_marker(pytest.mark.skip(reason="needs CUDA"))
+
+
 @pytest.fixture
 def bccd_root() -> Path:
     if not (BCCD / "BCCD" / "Annotations").is_dir():

@@ -20,6 +20,7 @@ from detectors.config import ExperimentConfig, load_config
 from detectors.data import build_dataset
 from detectors.engine import NonFiniteLossError, Trainer, load_checkpoint, run_training
 from detectors.jsonio import finite_or_none
+from detectors.models import DETECTORS
 
 # Schedules independent of the run length (no warm-up, no steps), one loss per record.
 STEADY = {"train.warmup_iters": 0, "train.lr_steps": [], "train.log_every": 1}
@@ -147,13 +148,23 @@ def _without_flips(cfg: ExperimentConfig, cache_dir: Path) -> tuple[Any, Any]:
     return train, val
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, cache: str, out: str) -> None:
+def _ddp_worker(
+    rank: int,
+    world_size: int,
+    port: int,
+    cache: str,
+    out: str,
+    overrides: dict[str, Any] | None = None,
+) -> None:
     os.environ |= {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
     torch.set_num_threads(1)
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         engine.build_datasets = _without_flips  # type: ignore[assignment]
-        losses = losses_of(smoke(**DDP), Path(out) / f"rank{rank}", Path(cache))
+        if overrides and overrides.get("train.use_gpu"):
+            _exact_cuda_float32()
+        cfg = smoke(**(DDP if overrides is None else overrides))
+        losses = losses_of(cfg, Path(out) / f"rank{rank}", Path(cache))
         torch.save(losses, Path(out) / f"losses{rank}.pt")
     finally:
         dist.destroy_process_group()
@@ -399,3 +410,104 @@ def test_autocast_is_on_only_where_it_computes_natively(
         assert engine.autocast_enabled(amp, torch.device(device)) is expected
     warned = any("trains in fp32" in str(w.message) for w in caught)
     assert warned == (amp != "off" and not expected)
+
+
+# ----------------------------------------------------------------------------------- CUDA
+AMP_MODES = ("off", "bf16", "fp16")
+
+
+def _exact_cuda_float32() -> None:
+    """No TF32 in convolutions and matrix products: float32 results that two runs which
+    split a batch differently can be compared on to a few ulps."""
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cuda.matmul.allow_tf32 = False
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", AMP_MODES)
+@pytest.mark.parametrize("name", sorted(DETECTORS))
+def test_every_detector_trains_on_cuda_under_each_amp(name: str, amp: str, cache: Path) -> None:
+    """Three steps of ``Trainer.run_step`` (a ResNet with BatchNorm, channels-last): finite
+    losses, autocast and the GradScaler as ``train.amp`` says, and every step either
+    updates the weights or (fp16) lowers the loss scale after an overflow."""
+    from detectors.data import make_loader
+    from detectors.models import build_detector
+
+    cfg = smoke(**{"model.name": name, "model.backbone": "resnet18", "train.amp": amp})
+    device = torch.device("cuda")
+    train_set, _ = engine.build_datasets(cfg, cache)
+    loader = make_loader(train_set, 4, shuffle=True, seed=0, drop_last=True)
+    torch.manual_seed(0)
+    model = engine.place_model(build_detector(cfg, len(train_set.classes)), device)
+    conv = next(p for p in model.parameters() if p.dim() == 4)
+    assert conv.is_contiguous(memory_format=torch.channels_last)
+    trainer = Trainer(
+        model=model,
+        optimizer=engine.build_optimizer(model, cfg.train),
+        loader=loader,
+        cfg=cfg.train,
+        device=device,
+    )
+    assert trainer.autocast is (amp != "off")
+    assert trainer.scaler.is_enabled() is (amp == "fp16")
+    batches = engine.infinite(loader)
+    for _ in range(3):
+        before = conv.detach().clone()
+        scale = trainer.scaler.get_scale()
+        out = trainer.run_step(next(batches))  # raises NonFiniteLossError on NaN / inf
+        assert math.isfinite(out.losses["loss"]) and out.losses["loss"] > 0
+        updated = not torch.equal(before, conv.detach())
+        assert updated or trainer.scaler.get_scale() < scale, (
+            "a step neither updated nor backed off"
+        )
+    assert all(p.dtype == torch.float32 and bool(p.isfinite().all()) for p in model.parameters())
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("amp", AMP_MODES)
+def test_run_training_on_cuda(amp: str, tmp_path: Path, cache: Path) -> None:
+    """The whole run on the device: training, evaluation (NMS and metrics of CUDA outputs),
+    the peak memory in every report, a checkpoint holding the GradScaler's state."""
+    records: list[dict[str, Any]] = []
+    cfg = smoke(**{"train.iterations": 3, "train.use_gpu": True, "train.amp": amp})
+    final = run_training(
+        cfg, out_dir=tmp_path, cache_dir=cache, report=lambda r, _: records.append(r)
+    )
+    assert math.isfinite(final["AP"])
+    assert all(r["train/peak_mem_mb"] > 0 for r in records)
+    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
+    if amp == "fp16":  # an enabled scaler saves its scale; a disabled one saves nothing
+        assert state["scaler"]["scale"] > 0
+    else:
+        assert not state["scaler"]
+
+
+@pytest.mark.cuda
+def test_sync_bn_two_workers_match_one_on_cuda(
+    tmp_path: Path, cache: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SyncBatchNorm normalises with the global batch's statistics: two workers of 2 images
+    each (sharing the GPU over gloo) train as one worker on the 4 images with BatchNorm."""
+    trained_bn = {**DDP, "model.frozen_bn": False, "train.use_gpu": True}
+    monkeypatch.setattr(engine, "build_datasets", _without_flips)
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    single = losses_of(smoke(**trained_bn), tmp_path / "single", cache)
+    port = 30500 + os.getpid() % 1000
+    mp.spawn(
+        functools.partial(
+            _ddp_worker,
+            world_size=2,
+            port=port,
+            cache=str(cache),
+            out=str(tmp_path),
+            overrides={**trained_bn, "train.sync_bn": True},
+        ),
+        nprocs=2,
+        join=True,
+    )
+    ranks = [torch.load(tmp_path / f"losses{r}.pt") for r in range(2)]
+    for it in (1, 2):
+        mean = (ranks[0][it] + ranks[1][it]) / 2
+        assert mean == pytest.approx(single[it], rel=1e-4), it
+    assert ranks[0][1] != ranks[1][1]

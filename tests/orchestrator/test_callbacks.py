@@ -81,6 +81,19 @@ def test_a_trial_becomes_a_finished_child_run_with_its_seed(setup: dict[str, Any
     assert any(f"done    {key}" in line for line in setup["lines"])
 
 
+def test_a_gpu_trials_free_memory_at_start_lands_in_the_ledger(setup: dict[str, Any]) -> None:
+    cb, plan, ledger = setup["cb"], setup["plan"], setup["ledger"]
+    trial = FakeTrial(0)
+    cb.on_trial_start(0, [], trial)
+    start = {"trial/worker_started_at": time.time(), "trial/setup_s": 0.5}
+    cb.on_trial_result(0, [], trial, _result(2, **start, **{"trial/gpu_free_mb": 80000.0}))
+    cb.on_trial_result(0, [], trial, _result(4, **{"val/AP": 0.3}))
+    trial.last_result = _result(4, **{"val/AP": 0.3, "train/elapsed_s": 2.0})
+    cb.on_trial_complete(0, [], trial)
+    metrics = ledger.trials[plan[0][0].key]["metrics"]
+    assert metrics["gpu_free_mb"] == 80000.0 and metrics["setup_s"] == 0.5
+
+
 def test_a_trial_without_a_final_evaluation_fails_and_says_so(setup: dict[str, Any]) -> None:
     cb, plan, ledger = setup["cb"], setup["plan"], setup["ledger"]
     trial = FakeTrial(0)

@@ -6,8 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from orchestrator.trial import (
     STOP_MARKER,
+    gpu_free_at_start,
     marker_exists,
     remove_marker,
     touch_marker,
@@ -43,3 +46,18 @@ def test_trial_module_imports_neither_mlflow_nor_torch() -> None:
         cwd=Path(__file__).resolve().parents[2],
     )
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_a_gpu_worker_reports_the_free_memory_it_found(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    assert gpu_free_at_start(torch.device("cpu")) == {}  # nothing to say on a CPU
+    asked = []
+
+    def mem_get_info(device: torch.device) -> tuple[int, int]:
+        asked.append(device)
+        return 3 * 2**30, 8 * 2**30  # free, total bytes
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", mem_get_info)
+    assert gpu_free_at_start(torch.device("cuda", 1)) == {"trial/gpu_free_mb": 3072.0}
+    assert asked == [torch.device("cuda", 1)]  # the worker's own device

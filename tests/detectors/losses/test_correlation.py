@@ -334,16 +334,39 @@ def test_autocast_computes_in_float32(kind: str) -> None:
     assert loss.item() == pytest.approx(expected.item(), abs=1e-6)
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 @pytest.mark.parametrize("kind", KINDS)
 def test_cuda_matches_cpu(kind: str) -> None:
+    """Forward and backward on the device equal the CPU's (Spearman: torchsort's CUDA
+    extension against its CPU one)."""
     scores, ious = random_pair(300, torch.float32, 10)
     pool_ids = torch.arange(300) % 5
-    cpu = pooled_correlation_loss(scores, ious, pool_ids, kind=kind, strength_mode="relative")
-    gpu = pooled_correlation_loss(
-        scores.cuda(), ious.cuda(), pool_ids.cuda(), kind=kind, strength_mode="relative"
-    )
-    assert gpu.loss.item() == pytest.approx(cpu.loss.item(), abs=1e-5)
+    losses, grads = [], []
+    for device in ("cpu", "cuda"):
+        x = scores.to(device).requires_grad_()
+        out = pooled_correlation_loss(
+            x, ious.to(device), pool_ids.to(device), kind=kind, strength_mode="relative"
+        )
+        out.loss.backward()
+        assert x.grad is not None and x.grad.device.type == device
+        losses.append(out.loss.item())
+        grads.append(x.grad.cpu())
+    assert losses[1] == pytest.approx(losses[0], abs=1e-5)
+    assert grads[0].abs().sum() > 0  # or the comparison below could not fail
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.cuda
+def test_torchsort_cuda_extension_is_built() -> None:
+    """scripts/setup.sh builds it where a GPU and nvcc are present; without it torchsort
+    raises on the first CUDA tensor (Spearman would fail at the first training step)."""
+    import torchsort.isotonic_cuda  # the compiled extension: ImportError where it is absent
+
+    values = torch.tensor([[0.3, 0.1, 0.2, 0.9], [1.0, -1.0, 0.5, 0.0]])
+    cpu = torchsort.soft_rank(values, regularization_strength=0.01)
+    gpu = torchsort.soft_rank(values.cuda(), regularization_strength=0.01)
+    torch.testing.assert_close(gpu.cpu(), cpu)
+    assert cpu[0].tolist() == pytest.approx([3.0, 1.0, 2.0, 4.0])  # hard ranks at small ε
 
 
 # --- pooling ------------------------------------------------------------------------------

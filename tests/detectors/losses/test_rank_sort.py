@@ -314,7 +314,7 @@ def test_slot_object() -> None:
     assert out[0].item() == expected[0].item() and out[1].item() == expected[1].item()
 
 
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.cuda
 def test_cuda_matches_cpu() -> None:
     logits, targets = random_case(9, num=5000, pos_frac=0.05, dtype=torch.float32)
     cpu = updates(logits, targets, chunk_elements=50_000)

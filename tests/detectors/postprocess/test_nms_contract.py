@@ -6,6 +6,7 @@ from collections.abc import Callable
 
 import pytest
 import torch
+from nms_refs import clustered_detections
 from torch import Tensor
 
 from detectors.postprocess import NMS, NMS_METHODS
@@ -97,3 +98,17 @@ def test_inputs_are_not_modified(name: str) -> None:
     copies = boxes.clone(), scores.clone(), classes.clone()
     run(make(name), boxes, scores, classes)
     assert all(torch.equal(a, b) for a, b in zip((boxes, scores, classes), copies))
+
+
+@pytest.mark.cuda
+@pytest.mark.parametrize("num_boxes", [400, 6000])  # 6000: CL-B's bands, Soft-NMS's runs
+@pytest.mark.parametrize("name", sorted(NMS_METHODS))
+def test_cuda_matches_cpu(name: str, num_boxes: int) -> None:
+    """The same detections on the device keep the same boxes with the same scores."""
+    boxes, scores, classes = clustered_detections(5, num_boxes, 7, num_objects=40)
+    keep, kept_scores = run(make(name), boxes, scores, classes)
+    on_device = run(make(name), boxes.cuda(), scores.cuda(), classes.cuda())
+    assert on_device[0].is_cuda and on_device[1].is_cuda
+    assert on_device[0].cpu().tolist() == keep.tolist()
+    torch.testing.assert_close(on_device[1].cpu(), kept_scores, rtol=1e-9, atol=1e-12)
+    assert 0 < keep.numel() < num_boxes  # something was suppressed (or decayed away)
