@@ -24,6 +24,7 @@ BENCHMARKS: dict[str, list[str]] = {
     "cls_losses": ["bench_cls_losses.py"],
     "data": ["bench_data.py"],
     "train_overhead": ["bench_train_overhead.py", "--iters", "30"],
+    "amp": ["bench_amp.py"],
     "throughput": ["bench_throughput.py", "--size", "256", "--batch", "2", "--threads", "2"],
     "time_to_ap": ["bench_time_to_ap.py"],
     "sweep_overhead": ["bench_sweep_overhead.py"],
