@@ -345,6 +345,13 @@ def _check_ranges(cfg: ExperimentConfig, source: str) -> None:
         raise ConfigError(
             source, "train.sync_bn", "needs train.use_gpu (torch's SyncBatchNorm is GPU-only)"
         )
+    if cfg.train.schedule == "cosine" and cfg.train.lr_steps != TrainConfig().lr_steps:
+        raise ConfigError(
+            source,
+            "train.lr_steps",
+            "is read only by train.schedule step (the cosine schedule has no drops); "
+            f"leave it at {list(TrainConfig().lr_steps)} or choose schedule step",
+        )
     if cfg.train.batch_size % cfg.train.num_workers:
         raise ConfigError(source, "train.batch_size", "must be divisible by train.num_workers")
     for split in ("train", "val"):

@@ -349,7 +349,12 @@ def test_metrics_json_is_strict_json(tmp_path: Path, cache: Path) -> None:
 
 def test_cosine_schedule_warms_up_then_decays_to_zero() -> None:
     cfg = smoke(
-        **{"train.schedule": "cosine", "train.iterations": 110, "train.warmup_iters": 10}
+        **{
+            "train.schedule": "cosine",
+            "train.iterations": 110,
+            "train.warmup_iters": 10,
+            "train.lr_steps": [0.75, 0.9],  # the default: the cosine schedule reads none
+        }
     ).train
     assert engine.lr_factor(0, cfg) == pytest.approx(cfg.warmup_factor)
     assert engine.lr_factor(10, cfg) == pytest.approx(1.0)  # the peak, after the warm-up
