@@ -112,8 +112,13 @@ def main() -> None:
         )
         for core, name in enumerate(RECIPES)
     }
+    # The load while they run (sampled every 10 s): what else the machine did meanwhile.
+    loads = [load_before]
+    while any(proc.poll() is None for proc in procs.values()):
+        time.sleep(10)
+        loads.append(os.getloadavg()[0])
     for name, proc in procs.items():
-        if proc.wait() != 0:
+        if proc.returncode != 0:
             raise SystemExit(f"the {name} recipe failed")
     curves = {
         name: [json.loads(line) for line in log.read_text().splitlines()]
@@ -142,8 +147,9 @@ def main() -> None:
         "ratio_previous_over_current": ratio,
         "wall_s": time.perf_counter() - started,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-        f"one core and one thread per recipe, load average {load_before:.1f} -> "
-        f"{os.getloadavg()[0]:.1f}",
+        f"one core and one thread per recipe, 1-minute load average while they ran: "
+        f"median {sorted(loads)[len(loads) // 2]:.1f}, max {max(loads):.1f} (2.0 = both "
+        "recipes alone)",
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.with_suffix(".json").write_text(json.dumps(result, indent=2) + "\n")
