@@ -2,7 +2,8 @@
 
 - :class:`TrackingCallback` turns Tune's trial events into MLflow child runs, ledger entries
   and the progress display, and times where each trial's wall time goes;
-- :class:`BudgetStopper` ends the sweep once its trials used the space's budget;
+- :class:`BudgetStopper` ends the sweep once its trials used the space's budget, and
+  :class:`TrackingLost` once the tracking server stayed away past the tracker's timeout;
 - :class:`EvaluationsOnly` is Optuna's searcher fed only the reports that carry the
   objective.
 
@@ -205,6 +206,20 @@ class BudgetStopper(Stopper):
             self.checked_at = time.time()
             self.spent = bool(budget_spent(Ledger.load(self.ledger_path), self.space))
         return self.spent
+
+
+class TrackingLost(Stopper):
+    """Ends the sweep once its tracker gave up on the tracking server (Tune would otherwise
+    fail each trial in turn on the callback's error): the trials stop, resumable."""
+
+    def __init__(self, tracker: SweepTracker) -> None:
+        self.tracker = tracker
+
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
+        return False
+
+    def stop_all(self) -> bool:
+        return self.tracker.given_up
 
 
 class EvaluationsOnly(OptunaSearch):

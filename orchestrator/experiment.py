@@ -134,6 +134,7 @@ def build_tuner(
     concurrency: int,
     storage: str,
     callbacks: list[Any],
+    stoppers: list[Any],
     ledger_path: Path,
     reuse_actors: bool,
     verbose: bool,
@@ -147,7 +148,13 @@ def build_tuner(
     # Intermediate reports carry training metrics only; val/* arrives with evaluations.
     os.environ[ray_compat.STRICT_METRIC_CHECKING_OFF] = "1"
     budget = space.budget
-    stopper = BudgetStopper(ledger_path, space) if budget.gpu_hours or budget.cpu_hours else None
+    if budget.gpu_hours or budget.cpu_hours:
+        stoppers = [BudgetStopper(ledger_path, space), *stoppers]
+    stopper = (
+        tune.stopper.CombinedStopper(*stoppers)
+        if len(stoppers) > 1
+        else next(iter(stoppers), None)
+    )
     return tune.Tuner(
         tune.with_resources(trainable, TRIAL_ACTOR_RESOURCES),
         tune_config=tune.TuneConfig(

@@ -21,7 +21,7 @@ from typing import Any
 from detectors.config import ConfigError
 from orchestrator import ray_compat, ray_runtime, resume
 from orchestrator.budget import budget_spent, trial_cost
-from orchestrator.callbacks import TrackingCallback
+from orchestrator.callbacks import TrackingCallback, TrackingLost
 from orchestrator.effects import describe, ranked
 from orchestrator.experiment import build_scheduler, build_searcher, build_tuner
 from orchestrator.ledger import Ledger, ledger_path, sweep_dir
@@ -31,7 +31,7 @@ from orchestrator.progress import SweepProgress
 from orchestrator.report import Report, write_report
 from orchestrator.results import LOWER_IS_BETTER
 from orchestrator.space import Space, load_space, trial_config
-from orchestrator.tracking import SweepTracker, code_version, tracking_uri
+from orchestrator.tracking import SweepTracker, TrackingUnavailable, code_version, tracking_uri
 from orchestrator.trial import TrialResolver, make_trainable, trial_ray_settings
 
 __all__ = ["SweepOptions", "SweepResult", "run_sweep"]
@@ -42,7 +42,8 @@ Printer = Callable[[str], None]
 @dataclass
 class SweepResult:
     """``status``: FINISHED, STOPPED (its budget was spent), KILLED (interrupted) or FAILED
-    (the driver failed, or trials did: ``failed`` names them)."""
+    (the driver failed, the tracking server stayed away past its timeout, or trials
+    failed: ``failed`` names them)."""
 
     name: str
     parent_run_id: str
@@ -109,6 +110,11 @@ def run_sweep(
         )
     try:
         return _run(sweep)
+    except TrackingUnavailable as exc:  # before or after the trials: nothing ran meanwhile
+        sweep.ledger.save()
+        printer(f"sweep stopped: {exc}; once it answers: {sweep.resume_command()}")
+        parent = sweep.ledger.parent_run_id
+        return SweepResult(sweep.space.name, parent, sweep.ledger.trials, 0.0, None, "FAILED")
     finally:
         if started:
             ray_runtime.stop_ray()
@@ -150,7 +156,12 @@ def _prepare(space_path: str | Path, opts: SweepOptions) -> _Sweep:
 def _run(sweep: _Sweep) -> SweepResult:
     space, ledger, opts, printer = sweep.space, sweep.ledger, sweep.opts, sweep.printer
     uri = tracking_uri(opts.tracking_uri, opts.workdir)
-    tracker = SweepTracker(uri=uri, experiment=space.name, ledger=ledger)
+    tracker = SweepTracker(uri=uri, experiment=space.name, ledger=ledger, notify=printer)
+    if tracker.replayed:
+        printer(
+            f"sent {tracker.replayed} update(s) that an earlier invocation could not send to "
+            "the MLflow server"
+        )
     killed = tracker.close_orphans()
     if killed:
         printer(f"closed {len(killed)} run(s) left RUNNING by an interrupted sweep as KILLED")
@@ -182,6 +193,9 @@ def _run(sweep: _Sweep) -> SweepResult:
     failed = ledger.failed()
     if status == "FINISHED" and failed:
         status = "FAILED"
+    untracked = status == "UNTRACKED"  # the tracker gave up: what follows is journaled
+    if untracked:
+        status = "FAILED"
     tracker.close_parent(
         "FINISHED" if status == "STOPPED" else status,
         {
@@ -196,7 +210,12 @@ def _run(sweep: _Sweep) -> SweepResult:
     if report is not None:
         _say_effects(sweep, report)
         tracker.log_effects(report.effects, report.arms, report.effects_csv)
-    printer(_last_line(sweep, status, failed))
+    if untracked:
+        printer(
+            f"sweep stopped: {tracker.unavailable()}; once it answers: {sweep.resume_command()}"
+        )
+    else:
+        printer(_last_line(sweep, status, failed))
     summary = report.summary if report is not None else None
     return SweepResult(space.name, parent_id, ledger.trials, wall, summary, status, failed)
 
@@ -251,8 +270,9 @@ def _write_report(sweep: _Sweep) -> Report | None:
 
 
 def _run_trials(sweep: _Sweep, tracker: SweepTracker, tags: dict[str, str]) -> str:
-    """Run the trials still to run; returns FINISHED, STOPPED (budget spent), KILLED or
-    FAILED (the driver itself failed)."""
+    """Run the trials still to run; returns FINISHED, STOPPED (budget spent), KILLED,
+    UNTRACKED (the tracking server stayed away past the tracker's timeout: the trials were
+    stopped, resumable) or FAILED (the driver itself failed)."""
     space, opts, todo = sweep.space, sweep.opts, sweep.todo
     cache_dir = opts.workdir / ".corrtune"
     base_cfg = todo[0][1] if todo else trial_config(space, {}, opts.overrides)
@@ -296,6 +316,7 @@ def _run_trials(sweep: _Sweep, tracker: SweepTracker, tags: dict[str, str]) -> s
             concurrency=concurrency,
             storage=str(opts.storage),
             callbacks=[callback],
+            stoppers=[TrackingLost(tracker)],
             ledger_path=sweep.ledger.path,
             reuse_actors=opts.tuned_ray,
             verbose=opts.verbose,
@@ -309,6 +330,8 @@ def _run_trials(sweep: _Sweep, tracker: SweepTracker, tags: dict[str, str]) -> s
             # Tune returns normally after Ctrl-C (SIGINT) too: trials it never ended mean
             # the sweep was interrupted, whether or not any had started.
             unfinished = _close_unfinished(tracker, space, progress)
+        if tracker.given_up:
+            return "UNTRACKED"
         spent = budget_spent(tracker.ledger, space)
         if spent:
             not_run = num_trials - progress.done
@@ -322,6 +345,8 @@ def _run_trials(sweep: _Sweep, tracker: SweepTracker, tags: dict[str, str]) -> s
         return "KILLED"
     except Exception:
         _close_unfinished(tracker, space)
+        if tracker.given_up:  # raised in a Tune callback: Tune wraps it
+            return "UNTRACKED"
         log = sweep.folder / "driver-error.log"
         log.write_text(traceback.format_exc())
         lines = [ln for ln in traceback.format_exc().strip().splitlines() if ln.strip()]
