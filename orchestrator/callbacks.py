@@ -105,6 +105,10 @@ class TrackingCallback(Callback):
             timing["setup_s"] = float(result["trial/setup_s"])
             if "trial/gpu_free_mb" in result:  # CUDA: free memory as its worker started
                 timing["gpu_free_mb"] = float(result["trial/gpu_free_mb"])
+        if result.get("trial/node_ids"):  # a (re)start of its workers: where each rank runs
+            entry.setdefault("nodes", []).append(str(result["trial/node_ids"]).split(","))
+            self.tracker.ledger.save()
+            self.tracker.set_tags(entry["run_id"], {"corrtune.nodes": result["trial/node_ids"]})
         if "trial/resumed_from" in result and "resumed_from" not in entry:
             entry["resumed_from"] = int(result["trial/resumed_from"])
             self.tracker.ledger.save()

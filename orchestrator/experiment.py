@@ -29,8 +29,15 @@ from orchestrator.space import (
 
 # What each trial's Tune actor reserves: no CPU, since it only waits for its TorchTrainer
 # (a CPU fraction kept two 1-CPU trials from fitting on 2 CPUs: the second one's workers
-# waited for the first to end). Ray needs some resource: a token amount of memory.
-TRIAL_ACTOR_RESOURCES: dict[str, float] = {"CPU": 0, "memory": 2**20}
+# waited for the first to end); a token amount of memory; and a sliver of the head node's
+# resource, which keeps the actor, and the Ray Train controller that Ray puts beside it, on
+# the head: a worker node that is lost then takes only the trial's workers with it, which
+# Ray Train restarts from the last checkpoint (on another node, or that one back).
+TRIAL_ACTOR_RESOURCES: dict[str, float] = {
+    "CPU": 0,
+    "memory": 2**20,
+    ray_compat.HEAD_NODE_RESOURCE: 0.001,
+}
 TPE_STUDY = "corrtune-tpe"
 
 

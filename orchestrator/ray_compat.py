@@ -17,8 +17,16 @@ What each internal is for:
 - ``TrialProgressCallback`` passed to Tune replaces the default one, which prints
   "Trial ... completed. Last result: ..." lines whatever the verbosity.
 - Environment variables read by Ray Train's controller (health-check interval, metrics,
-  preemption watcher), by Ray's state API client (``RAY_API_SERVER_ADDRESS``) and by Tune
-  (strict metric checking, automatic logger callbacks, the old output engine).
+  preemption watcher, how long one start of a worker group waits for its resources), by
+  Ray's state API client (``RAY_API_SERVER_ADDRESS``) and by Tune (strict metric checking,
+  automatic logger callbacks, the old output engine).
+- The head node's resource (``node:__internal_head__``, Ray Serve's way to pin its
+  controller there): each trial's Tune actor, and so its Ray Train controller, which Ray
+  Train places on the actor's node, asks for a sliver of it. A lost worker node then costs
+  a trial only its workers, which Ray Train restarts from the last checkpoint.
+- ``WorkerGroupStartupTimeoutError`` (Ray Train's private error for a worker group whose
+  resources never came): a trial that ends on it fails with corrtune's own one-line
+  reason (a lost node that did not come back) instead of Ray's paragraph.
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from detectors.config import ConfigError
 HEALTH_CHECK_INTERVAL = "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"
 METRICS_ENABLED = "RAY_TRAIN_METRICS_ENABLED"
 PREEMPTION_WATCHER = "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"
+WORKER_GROUP_START_TIMEOUT = "RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S"
 API_SERVER_ADDRESS = "RAY_API_SERVER_ADDRESS"
 # Tune settings (its TUNE_ENV_VARS / AIR_ENV_VARS).
 STRICT_METRIC_CHECKING_OFF = "TUNE_DISABLE_STRICT_METRIC_CHECKING"
@@ -45,11 +54,19 @@ _ENV_CONSTANTS = [  # (module, constant holding the variable's name, the name we
     ("ray.train.v2._internal.constants", "METRICS_ENABLED_ENV_VAR", METRICS_ENABLED),
     ("ray.train.v2._internal.constants", "ENABLE_PREEMPTION_WATCHER_ENV_VAR", PREEMPTION_WATCHER),
     (
+        "ray.train.v2._internal.constants",
+        "WORKER_GROUP_START_TIMEOUT_S_ENV_VAR",
+        WORKER_GROUP_START_TIMEOUT,
+    ),
+    (
         "ray._private.ray_constants",
         "RAY_API_SERVER_ADDRESS_ENVIRONMENT_VARIABLE",
         API_SERVER_ADDRESS,
     ),
 ]
+# The resource only the head node has (ray._common.constants.HEAD_NODE_RESOURCE_NAME).
+HEAD_NODE_RESOURCE = "node:__internal_head__"
+
 _ENV_LISTS = [  # (module, list of the variables it reads, the names we set)
     ("ray.tune.constants", "TUNE_ENV_VARS", (STRICT_METRIC_CHECKING_OFF, AUTO_LOGGERS_OFF)),
     ("ray.air.constants", "AIR_ENV_VARS", (NEW_OUTPUT,)),
@@ -85,6 +102,17 @@ def result_queue() -> Any:
 
     session = get_session()
     return None if session is None else session._inter_actor_queue
+
+
+def workers_never_placed(error: BaseException) -> bool:
+    """Whether ``error`` (raised by ``TorchTrainer.fit``) says the run's worker group could
+    not get its resources in time, on its last allowed start."""
+    from ray.train import ControllerError
+    from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+
+    return isinstance(error, ControllerError) and isinstance(
+        error.controller_failure, WorkerGroupStartupTimeoutError
+    )
 
 
 def with_mixins(trainable: Callable[..., Any], *mixins: type) -> Callable[..., Any]:
@@ -127,6 +155,28 @@ def _check_env_names() -> list[str]:
             continue
         problems += [f"{module} no longer reads {n}" for n in names if n not in known]
     return problems
+
+
+def _check_head_resource() -> list[str]:
+    try:
+        from ray._common.constants import HEAD_NODE_RESOURCE_NAME
+    except ImportError:
+        return ["ray._common.constants.HEAD_NODE_RESOURCE_NAME is gone"]
+    if HEAD_NODE_RESOURCE_NAME != HEAD_NODE_RESOURCE:
+        return [f"the head node's resource is now {HEAD_NODE_RESOURCE_NAME!r}"]
+    return []
+
+
+def _check_startup_timeout_error() -> list[str]:
+    try:
+        from ray.train import ControllerError
+        from ray.train.v2._internal.exceptions import WorkerGroupStartupTimeoutError
+    except ImportError as exc:
+        return [f"Ray Train's worker-group start-up timeout error is gone ({exc})"]
+    wrapped = ControllerError(WorkerGroupStartupTimeoutError(2))
+    if getattr(wrapped, "controller_failure", None) is None:
+        return ["ray.train.ControllerError no longer holds its controller_failure"]
+    return []
 
 
 def _check_mixins() -> list[str]:
@@ -179,6 +229,8 @@ CHECKS: dict[str, Callable[[], list[str]]] = {
     "function-trainable mixins": _check_mixins,
     "Tune's function session": _check_session,
     "Tune's progress callback": _check_progress_callback,
+    "the head node's resource": _check_head_resource,
+    "Ray Train's start-up timeout error": _check_startup_timeout_error,
 }
 
 

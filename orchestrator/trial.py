@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import Callable
@@ -24,6 +25,36 @@ from orchestrator.space import PlannedTrial, Space, optuna_name, trial_config, t
 # its worker starts, before it reports its final evaluation, or after its last report
 # (while the run ends), so that a test can interrupt the sweep at that moment.
 PAUSE_ENV = "CORRTUNE_TEST_PAUSE"
+
+# How long, over its life, a trial's Ray Train run may wait for its workers' resources (a
+# lost node to come back, an autoscaler to add one) before the trial fails with the reason.
+# Ray Train's own default waits forever: it retries a worker group that cannot start, 60 s
+# per start, without a limit. Read by the driver: the value where the sweep is started.
+WORKER_WAIT_ENV = "CORRTUNE_WORKER_WAIT_S"
+DEFAULT_WORKER_WAIT_S = 900.0  # a cloud GPU node takes minutes to replace
+WORKER_START_S = 60.0  # one start of the worker group waits this long (Ray Train's default)
+# Restarts after a worker died (a killed process, a lost node), each from the last checkpoint.
+MAX_WORKER_FAILURES = 2
+
+
+class WorkersUnavailable(RuntimeError):
+    """A trial's workers could not be placed within the worker wait: its one-line reason."""
+
+
+def worker_wait_s() -> float:
+    """``CORRTUNE_WORKER_WAIT_S`` (seconds, > 0), else the default."""
+    try:
+        value = float(os.environ.get(WORKER_WAIT_ENV, DEFAULT_WORKER_WAIT_S))
+    except ValueError:
+        value = DEFAULT_WORKER_WAIT_S
+    return value if value > 0 else DEFAULT_WORKER_WAIT_S
+
+
+def worker_start_limits(wait_s: float) -> tuple[float, int]:
+    """(seconds one start of the worker group waits, starts that may time out and be
+    retried): together about ``wait_s`` of waiting for workers over the trial's life."""
+    per_start = min(WORKER_START_S, wait_s)
+    return per_start, max(0, math.ceil(wait_s / per_start) - 1)
 
 
 class TrialResolver:
@@ -104,6 +135,7 @@ def train_worker(loop_config: dict[str, Any]) -> None:
                 "trial/worker_started_at": started_at,
                 "trial/setup_s": ready_at[0] - started_at,
                 **at_start,
+                "trial/node_ids": ",".join(_node_ids()),  # where this start's ranks run
             }
         if checkpoint_path is not None and rank == 0:
             ckpt = ray.train.Checkpoint.from_directory(str(checkpoint_path.parent))
@@ -148,6 +180,20 @@ def gpu_free_at_start(device: Any) -> dict[str, float]:
     return {"trial/gpu_free_mb": free / 2**20}
 
 
+def _node_ids() -> list[str]:
+    """The Ray node id of every rank, in rank order (every rank calls it, at its first
+    report: the ranks report at the same iterations)."""
+    import ray
+    import torch.distributed as dist
+
+    mine = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+        return [mine]
+    every: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(every, mine)
+    return [str(n) for n in every]
+
+
 def _pause(work_dir: Path, pause: dict[str, Any], stop_marker: str) -> None:
     """Wait there (tests); a stop of the trial ends the wait, as it would end real work."""
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -167,11 +213,14 @@ def make_trainable(
     env: dict[str, str] | None = None,
 ) -> Callable[[dict], None]:
     resources = space.resources
+    wait_s = worker_wait_s()
+    per_start, start_retries = worker_start_limits(wait_s)
+    env = {ray_compat.WORKER_GROUP_START_TIMEOUT: f"{per_start:g}", **(env or {})}
 
     def trainable(config: dict[str, Any]) -> None:
         # Read by TorchTrainer in this process and passed on to its controller and workers;
         # a value the user exported on the cluster wins.
-        for name, value in (env or {}).items():
+        for name, value in env.items():
             os.environ.setdefault(name, value)
         planned, resolved = resolver.resolve(config)
         key, cfg = planned.key, to_dict(resolved)
@@ -206,10 +255,26 @@ def make_trainable(
                 name=key,
                 storage_path=storage,
                 callbacks=[TuneReportCallback()],  # type: ignore[list-item]
-                failure_config=FailureConfig(max_failures=2),
+                # Ray Train V2's FailureConfig (the stubs know V1's, without the limit).
+                failure_config=FailureConfig(  # type: ignore[call-arg]
+                    max_failures=MAX_WORKER_FAILURES,
+                    # Bounds the wait for workers (Ray's default, -1, retries forever).
+                    controller_failure_limit=start_retries,
+                ),
             ),
         )
-        trainer.fit()
+        try:
+            trainer.fit()
+        except Exception as exc:
+            if not ray_compat.workers_never_placed(exc):
+                raise
+            each = ", ".join(f"{v:g} {k}" for k, v in worker_res.items())
+            raise WorkersUnavailable(
+                f"its {resources.workers} worker(s) ({each} each) could not be placed within "
+                f"{wait_s:g} s ({WORKER_WAIT_ENV}): a node it ran on was lost and did not come "
+                "back, or the cluster is too small; --resume continues it from its last "
+                "checkpoint"
+            ) from exc
 
     return ray_compat.with_mixins(trainable, StopsItsTrainRun)
 
