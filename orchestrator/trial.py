@@ -22,8 +22,10 @@ from orchestrator.space import PlannedTrial, Space, optuna_name, trial_config, t
 
 # Tests only: '{TRIAL_KEY: {"at": "start" | "final_report" | "end", "seconds": S}, ...}'
 # makes those trials' rank 0 touch <work>/<key>/paused-<at> and sleep S seconds there: as
-# its worker starts, before it reports its final evaluation, or after its last report
-# (while the run ends), so that a test can interrupt the sweep at that moment.
+# its worker starts, before it reports its final evaluation, after its last report (while
+# the run ends), or, ``{"at": "iteration", "iteration": N, ...}``, once after its first
+# report at or past iteration N (not in a restored run), so that a test can interrupt the
+# sweep, or take a node away, at that moment.
 PAUSE_ENV = "CORRTUNE_TEST_PAUSE"
 
 # How long, over its life, a trial's Ray Train run may wait for its workers' resources (a
@@ -142,6 +144,10 @@ def train_worker(loop_config: dict[str, Any]) -> None:
             ray.train.report(record, checkpoint=ckpt)
         else:
             ray.train.report(record)
+        at_iteration = pause.get("at") == "iteration" and resume_from is None
+        if at_iteration and record.get("iteration", 0) >= pause["iteration"]:
+            _pause(work_dir, pause, stop_marker)  # after that report (and its checkpoint)
+            pause["at"] = "done"  # once
         if fault and resume_from is None and record.get("iteration", 0) >= fault:
             marker = Path(loop_config["work_dir"]) / f"fault-injected-rank{rank}"
             if not marker.exists():  # die once: a retry that found no checkpoint must finish
