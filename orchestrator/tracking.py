@@ -65,6 +65,7 @@ class TrackingPolicy:
     4 minutes, before it raises): for an HTTP store they are turned off, and a request
     times out after 30 s, unless the user set ``MLFLOW_HTTP_REQUEST_MAX_RETRIES`` /
     ``MLFLOW_HTTP_REQUEST_TIMEOUT`` (then MLflow retries inside each of these attempts).
+    MLflow's line per ended run ("View run ... at") is turned off the same way.
     """
 
     timeout_s: float = 300.0
@@ -75,6 +76,8 @@ class TrackingPolicy:
     MLFLOW_CLIENT_SETTINGS = (
         ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0"),
         ("MLFLOW_HTTP_REQUEST_TIMEOUT", "30"),
+        # Else every run that ends prints "View run ... at: URL" into the sweep's output.
+        ("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true"),
     )
 
     @classmethod
