@@ -286,13 +286,33 @@ def report(
 def ui(
     port: Annotated[int, typer.Option(help="Port on 127.0.0.1.")] = 5000,
     tracking_uri: TrackingOpt = None,
+    browser: Annotated[
+        bool,
+        typer.Option("--browser/--no-browser", help="Open the links in a browser, if any."),
+    ] = True,
 ) -> None:
-    """Open the MLflow UI on 127.0.0.1 against the same store the sweeps write."""
+    """Open the MLflow UI on 127.0.0.1 against the same store the sweeps write, and print
+    (and open) two links for the latest sweep: its runs sorted by the space's metric, and
+    MLflow's compare view of its trials."""
     from orchestrator.processes import serve
     from orchestrator.tracking import tracking_uri as resolve
+    from orchestrator.ui import latest_sweep_links, open_when_up
 
     uri = resolve(tracking_uri)
-    _progress(f"MLflow UI on http://127.0.0.1:{port} (store {uri}); Ctrl-C stops it")
+    base = f"http://127.0.0.1:{port}"
+    _progress(f"MLflow UI on {base} (store {uri}); Ctrl-C stops it")
+    links = _guard(lambda: latest_sweep_links(uri, base))
+    urls = []
+    if links is None:
+        _progress("no sweep in this store yet: run `corrtune sweep SPACE.yaml` first")
+    else:
+        urls = [links.runs_sorted, links.compare]
+        _progress(
+            f"latest sweep: experiment {links.experiment!r}, parent run {links.parent_run_id}, "
+            f"{len(links.child_run_ids)} trial run(s)\n"
+            f"  runs, best first:  {links.runs_sorted}\n"
+            f"  compare the trials: {links.compare}"
+        )
     cmd = [
         sys.executable,
         "-m",
@@ -307,6 +327,8 @@ def ui(
         "--workers",
         "1",  # one user on 127.0.0.1; four workers cost seconds of start-up and memory
     ]
+    if browser and urls:
+        open_when_up(base, urls)
     # The server and every worker it starts end with this command (Ctrl-C or SIGTERM).
     raise typer.Exit(serve(cmd))
 
