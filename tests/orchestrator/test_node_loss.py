@@ -94,9 +94,10 @@ class Node:
 def _nodes(address: str, env: dict[str, str]) -> dict[str, dict[str, Any]]:
     """Alive node id -> its resources, as the cluster's GCS says (a short-lived driver)."""
     code = (
-        "import json, ray; ray.init(address=%r, logging_level='ERROR', log_to_driver=False);"
-        "print(json.dumps({n['NodeID']: n['Resources'] for n in ray.nodes() if n['Alive']}))"
-    ) % address
+        f"import json, ray; ray.init(address={address!r}, logging_level='ERROR', "
+        "log_to_driver=False); print(json.dumps({n['NodeID']: n['Resources'] "
+        "for n in ray.nodes() if n['Alive']}))"
+    )
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
     )
@@ -155,8 +156,15 @@ def test_a_lost_node_fails_its_trial_or_is_recovered_when_it_returns(
         nodes = _nodes(address, env)
         head_node = next(n for n, res in nodes.items() if "second_node" not in res)
         driver = subprocess.Popen(
-            [sys.executable, "-m", "orchestrator.cli", "sweep", str(space_path)]
-            + ["--address", address],
+            [
+                sys.executable,
+                "-m",
+                "orchestrator.cli",
+                "sweep",
+                str(space_path),
+                "--address",
+                address,
+            ],
             cwd=tmp_path,
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
