@@ -73,7 +73,7 @@ def test_lists_become_tuples_and_config_is_frozen() -> None:
 def test_lr_steps_under_the_cosine_schedule_are_refused() -> None:
     # The cosine schedule has no drops: lr_steps set beside it would be read by nothing.
     load_config("tiny", overrides={"train.schedule": "cosine"})  # the default steps: fine
-    with pytest.raises(ConfigError, match="train.lr_steps.*read only by train.schedule step"):
+    with pytest.raises(ConfigError, match=r"train\.lr_steps.*read only by train\.schedule step"):
         load_config("tiny", overrides={"train.lr_steps": [0.5]})
     step = load_config("tiny", overrides={"train.schedule": "step", "train.lr_steps": [0.5]})
     assert step.train.lr_steps == (0.5,)
