@@ -283,3 +283,13 @@ def describe(effect: PairedEffect, digits: int = 4) -> str:
         f"{effect.arm}: {diff} [{effect.ci_low:+.{digits}f}, {effect.ci_high:+.{digits}f}], "
         f"{label} {p:.3g}, {effect.n} seeds — {effect.verdict or NO_DIFFERENCE}"
     )
+
+
+def headline(effects: list[PairedEffect], metric: str, lower_is_better: bool) -> list[str]:
+    """What a sweep prints at its end: the effects on ``metric``, best first, a line each
+    under a heading; nothing when there is no arm."""
+    mine = ranked(effects, metric, lower_is_better)
+    if not mine:
+        return []
+    heading = f"effects against the control ({metric}, arm − control, paired seeds):"
+    return [heading, *("  " + describe(effect) for effect in mine)]

@@ -593,3 +593,28 @@ def report_sweep(space_or_name: str | Path, *, preset: str | None, workdir: Path
     # The trials ran: a settings rule added since must not keep their report from being made.
     plan = plan_sweep(space, dict(recorded.get("overrides") or {}), check=False)
     return write_report(space, ledger, workdir / "results", plan=plan).summary
+
+
+def write_report_or_warn(
+    space: Space,
+    ledger: Ledger,
+    results_dir: Path,
+    *,
+    plan: list[tuple[PlannedTrial, ExperimentConfig]] | None,
+    retry: str,
+    printer: Callable[[str], None],
+) -> Report | None:
+    """The end-of-sweep report. The runs are safe in MLflow and the ledger by then, so a
+    report that cannot be written is a one-line warning naming ``retry`` (the command that
+    writes it again), never a failed sweep."""
+    try:
+        report = write_report(space, ledger, results_dir, plan=plan)
+    except Exception as exc:  # a full disk, a file where a folder goes, a plotting bug...
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        printer(
+            f"warning: the report in {results_dir / space.name} was not written ({reason}); "
+            f"the runs are saved: retry with: {retry}"
+        )
+        return None
+    printer(f"report: {report.summary.parent}")
+    return report

@@ -22,13 +22,13 @@ from detectors.config import ConfigError
 from orchestrator import ray_compat, ray_runtime, resume
 from orchestrator.budget import budget_spent, trial_cost
 from orchestrator.callbacks import TrackingCallback, TrackingLost
-from orchestrator.effects import describe, ranked
+from orchestrator.effects import headline
 from orchestrator.experiment import build_scheduler, build_searcher, build_tuner
 from orchestrator.ledger import Ledger, ledger_path, sweep_dir
 from orchestrator.options import SweepOptions
 from orchestrator.plan import Plan, describe_plan, plan_sweep, trials_at_once
 from orchestrator.progress import SweepProgress
-from orchestrator.report import Report, write_report
+from orchestrator.report import Report, write_report_or_warn
 from orchestrator.results import LOWER_IS_BETTER
 from orchestrator.space import Space, load_space, trial_config
 from orchestrator.tracking import SweepTracker, TrackingUnavailable, code_version, tracking_uri
@@ -146,6 +146,8 @@ def _prepare(space_path: str | Path, opts: SweepOptions) -> _Sweep:
     resume.check_space(space, ledger, sweep_dir(opts.workdir, name), opts.workdir)
     storage_given = opts.storage if not ledger.invocation else ledger.invocation.get("storage")
     ledger.storage = resume.checkpoint_storage(opts.storage, ledger, sweep_dir(opts.workdir, name))
+    if opts.resume and not opts.storage and storage_given:  # said, as for the other options
+        restored = (restored or "resuming") + f" (checkpoints: --storage {storage_given})"
     ledger.space_digest, ledger.space = space.digest(), space.definition()
     ledger.repeats = space.repeats
     ledger.invocation = resume.invocation(opts) | {"storage": storage_given}
@@ -158,10 +160,7 @@ def _run(sweep: _Sweep) -> SweepResult:
     uri = tracking_uri(opts.tracking_uri, opts.workdir)
     tracker = SweepTracker(uri=uri, experiment=space.name, ledger=ledger, notify=printer)
     if tracker.replayed:
-        printer(
-            f"sent {tracker.replayed} update(s) that an earlier invocation could not send to "
-            "the MLflow server"
-        )
+        printer(f"sent {tracker.replayed} update(s) an earlier run could not send to MLflow")
     killed = tracker.close_orphans()
     if killed:
         printer(f"closed {len(killed)} run(s) left RUNNING by an interrupted sweep as KILLED")
@@ -193,11 +192,10 @@ def _run(sweep: _Sweep) -> SweepResult:
     failed = ledger.failed()
     if status == "FINISHED" and failed:
         status = "FAILED"
-    untracked = status == "UNTRACKED"  # the tracker gave up: what follows is journaled
-    if untracked:
-        status = "FAILED"
+    # UNTRACKED: the tracker gave up on the server (what follows is journaled).
+    ended = {"STOPPED": "FINISHED", "UNTRACKED": "FAILED"}.get(status, status)
     tracker.close_parent(
-        "FINISHED" if status == "STOPPED" else status,
+        ended,
         {
             "sweep_wall_s": ledger.sweep_wall_s,
             "trials_finished": len(ledger.finished()),
@@ -208,31 +206,19 @@ def _run(sweep: _Sweep) -> SweepResult:
     )
     report = _write_report(sweep)
     if report is not None:
-        _say_effects(sweep, report)
+        for line in headline(report.effects, space.metric, space.metric in LOWER_IS_BETTER):
+            printer(line)
         tracker.log_effects(report.effects, report.arms, report.effects_csv)
-    if untracked:
-        printer(
-            f"sweep stopped: {tracker.unavailable()}; once it answers: {sweep.resume_command()}"
-        )
-    else:
-        printer(_last_line(sweep, status, failed))
+    printer(_last_line(sweep, status, failed, tracker))
     summary = report.summary if report is not None else None
+    status = "FAILED" if status == "UNTRACKED" else status
     return SweepResult(space.name, parent_id, ledger.trials, wall, summary, status, failed)
 
 
-def _say_effects(sweep: _Sweep, report: Report) -> None:
-    """The primary metric's effects against the control, best first, one line each."""
-    space = sweep.space
-    if not report.arms:
-        return
-    lower = space.metric in LOWER_IS_BETTER
-    sweep.printer(f"effects against the control ({space.metric}, arm − control, paired seeds):")
-    for effect in ranked(report.effects, space.metric, lower):
-        sweep.printer("  " + describe(effect))
-
-
-def _last_line(sweep: _Sweep, status: str, failed: list[str]) -> str:
+def _last_line(sweep: _Sweep, status: str, failed: list[str], tracker: SweepTracker) -> str:
     command = sweep.resume_command()
+    if status == "UNTRACKED":
+        return f"sweep stopped: {tracker.unavailable()}; once it answers: {command}"
     if status == "KILLED":
         return f"sweep interrupted; continue it with: {command}"
     if status == "STOPPED":
@@ -250,23 +236,16 @@ def _last_line(sweep: _Sweep, status: str, failed: list[str]) -> str:
 
 
 def _write_report(sweep: _Sweep) -> Report | None:
-    """The end-of-sweep report. The runs are safe in MLflow and the ledger by now, so a
-    report that cannot be written is a one-line warning naming the command that retries it,
-    never a failed sweep."""
     opts = sweep.opts
-    results = opts.results_dir or opts.workdir / "results"
-    try:
-        summary = write_report(sweep.space, sweep.ledger, results, plan=sweep.plan)
-    except Exception as exc:  # a full disk, a file where a folder goes, a plotting bug...
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        preset = f" --preset {opts.preset}" if opts.preset else ""
-        sweep.printer(
-            f"warning: the report in {results / sweep.space.name} was not written ({reason}); "
-            f"the runs are saved: retry with: corrtune report {sweep.space_path}{preset}"
-        )
-        return None
-    sweep.printer(f"report: {summary.summary.parent}")
-    return summary
+    preset = f" --preset {opts.preset}" if opts.preset else ""
+    return write_report_or_warn(
+        sweep.space,
+        sweep.ledger,
+        opts.results_dir or opts.workdir / "results",
+        plan=sweep.plan,
+        retry=f"corrtune report {sweep.space_path}{preset}",
+        printer=sweep.printer,
+    )
 
 
 def _run_trials(sweep: _Sweep, tracker: SweepTracker, tags: dict[str, str]) -> str:

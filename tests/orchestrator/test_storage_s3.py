@@ -172,6 +172,7 @@ def test_storage_on_s3_then_kill_9_and_resume_from_the_bucket(
     assert f"start   {short}" not in resumed.stdout  # the finished trial is not re-run
     after = json.loads(ledger_path.read_text())
     assert after["storage"] == storage  # remembered: --resume without --storage
+    assert f"(checkpoints: --storage {storage})" in resumed.stdout  # ... and it says so
     assert {k: e["status"] for k, e in after["trials"].items()} == {
         short: "FINISHED",
         long: "FINISHED",
