@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import sys
 import threading
 import time
 import urllib.request
@@ -113,7 +115,14 @@ def _share_view(
 
 def open_when_up(base_url: str, urls: Sequence[str], timeout_s: float = 120.0) -> None:
     """Open ``urls`` in the user's browser once the server at ``base_url`` answers (in a
-    thread); nothing where no browser exists (a server, CI, a shell without a display)."""
+    thread); nothing where no browser exists (a server, CI, a shell without a display) or
+    the output is not a terminal (a pipe, a process manager): no text-mode browser is ever
+    started in the terminal's place."""
+    no_display = sys.platform.startswith("linux") and not (
+        os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY")
+    )
+    if no_display or not sys.stdout.isatty():
+        return
     try:
         browser = webbrowser.get()
     except webbrowser.Error:
