@@ -42,7 +42,10 @@ class SweepLinks:
 
 def latest_sweep_links(uri: str, base_url: str) -> SweepLinks | None:
     """The links into the UI at ``base_url`` for the latest sweep in store ``uri`` (None:
-    the store holds no sweep)."""
+    the store holds no sweep). A SQLite store that does not exist yet is not created (a
+    fresh store's schema migration would delay the server behind it by many seconds)."""
+    if uri.startswith("sqlite:///") and not os.path.exists(uri.removeprefix("sqlite:///")):
+        return None
     client = MlflowClient(uri)
     try:
         experiments = {e.experiment_id: e.name for e in client.search_experiments()}

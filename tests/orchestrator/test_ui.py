@@ -50,3 +50,11 @@ def test_a_terminal_with_a_display_asks_for_the_browser(monkeypatch: pytest.Monk
     monkeypatch.setattr(webbrowser, "get", get)
     ui.open_when_up("http://127.0.0.1:9", ["http://127.0.0.1:9/x"])
     assert asked == [True]
+
+
+def test_a_store_that_does_not_exist_has_no_sweep_and_is_not_created(tmp_path: object) -> None:
+    from pathlib import Path
+
+    db = Path(str(tmp_path)) / "mlflow.db"
+    assert ui.latest_sweep_links(f"sqlite:///{db}", "http://127.0.0.1:5000") is None
+    assert not db.exists()
