@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import sys
 import webbrowser
+from pathlib import Path
 
 import pytest
 
@@ -52,9 +53,7 @@ def test_a_terminal_with_a_display_asks_for_the_browser(monkeypatch: pytest.Monk
     assert asked == [True]
 
 
-def test_a_store_that_does_not_exist_has_no_sweep_and_is_not_created(tmp_path: object) -> None:
-    from pathlib import Path
-
-    db = Path(str(tmp_path)) / "mlflow.db"
+def test_a_store_that_does_not_exist_has_no_sweep_and_is_not_created(tmp_path: Path) -> None:
+    db = tmp_path / "mlflow.db"
     assert ui.latest_sweep_links(f"sqlite:///{db}", "http://127.0.0.1:5000") is None
     assert not db.exists()
