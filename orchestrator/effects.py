@@ -152,10 +152,10 @@ def seeds_needed(effect: float, sd: float, target: float = POWER, limit: int = 1
     probability, given the paired standard deviation ``sd`` (``limit`` + 1 if more)."""
     if not math.isfinite(effect) or not math.isfinite(sd):
         return 0
+    if effect == 0:  # no true difference is ever detected
+        return limit + 1
     if sd == 0:
         return 2
-    if effect == 0:
-        return limit + 1
     for n in range(2, limit + 1):
         if power(effect, sd, n) >= target:
             return n

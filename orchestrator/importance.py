@@ -15,7 +15,8 @@ NOT_APPLIED = "–"  # the value of a parameter whose `when` did not hold
 
 def parameter_importance(space: Space, rows: list[TrialRow]) -> dict[str, float]:
     """Parameter -> importance (summing to 1), most important first; {} when the sweep has
-    fewer than two parameters or fewer than eight finished trials with the objective.
+    fewer than two parameters, fewer than eight finished trials with the objective, or an
+    objective that took one value in all of them (no variance to apportion: fANOVA refuses).
 
     Parameters with listed values are categorical (with a value of their own where they did
     not apply); a distribution parameter that did not apply in some trial is left out."""
@@ -28,6 +29,8 @@ def parameter_importance(space: Space, rows: list[TrialRow]) -> dict[str, float]
         if r.status == "FINISHED" and math.isfinite(r.metrics.get(space.metric, math.nan))
     ]
     if len(space.parameters) < 2 or len(done) < MIN_TRIALS:
+        return {}
+    if len({r.metrics[space.metric] for r in done}) < 2:
         return {}
     distributions: dict[str, Any] = {}
     for p in space.parameters:

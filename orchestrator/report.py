@@ -400,7 +400,9 @@ def effects_section(
     lines.append("")
     needs = []
     for e in primary:
-        if e.n >= 2 and math.isfinite(e.sd) and e.verdict == fx.NO_DIFFERENCE:
+        # An arm equal to the control on every seed (a smoke sweep) has nothing to detect.
+        identical = e.diff == 0 and e.sd == 0
+        if e.n >= 2 and math.isfinite(e.sd) and e.verdict == fx.NO_DIFFERENCE and not identical:
             seeds = fx.seeds_needed(e.diff, e.sd)
             more = f"{seeds}" if seeds <= 1000 else "more than 1000"
             needs.append(f"- {e.arm}: a true difference of {e.diff:+.4f} needs {more} seeds")

@@ -98,6 +98,9 @@ def test_minimum_detectable_difference_has_80_percent_power() -> None:
 def test_seeds_needed_is_the_first_n_with_the_power() -> None:
     n = fx.seeds_needed(0.01, 0.01)
     assert fx.power(0.01, 0.01, n) >= 0.8 > fx.power(0.01, 0.01, n - 1)
+    # No true difference is detected at any n, even when the pairs never vary.
+    assert fx.seeds_needed(0.0, 0.01, limit=50) == fx.seeds_needed(0.0, 0.0, limit=50) == 51
+    assert fx.seeds_needed(0.01, 0.0) == 2
 
 
 @pytest.mark.parametrize(

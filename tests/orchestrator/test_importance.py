@@ -44,3 +44,13 @@ def test_too_few_trials_or_parameters_give_nothing(tmp_path: Path) -> None:
     space, rows = _rows(tmp_path, lambda o: 0.5)
     assert parameter_importance(space, rows[:7]) == {}
     assert parameter_importance(space, [r for r in rows if r.status != "FINISHED"]) == {}
+
+
+def test_an_objective_that_never_moved_has_no_importance(tmp_path: Path) -> None:
+    # A smoke sweep: every trial's AP is 0. fANOVA raises on zero variance; the report
+    # (and the effects in it) must still be written.
+    space, rows = _rows(tmp_path, lambda o: 0.0)
+    assert len(rows) >= 8
+    assert parameter_importance(space, rows) == {}
+    space, rows = _rows(tmp_path, lambda o: 0.1 * (o["nms.kind"] == "soft"))
+    assert next(iter(parameter_importance(space, rows))) == "nms.kind"
