@@ -14,6 +14,12 @@ What each internal is for:
 - ``ray.train._internal.session.get_session()`` and its session's ``training_thread`` and
   ``_inter_actor_queue``: in that cleanup, the thread running the trial and the queue of
   its results, drained while the run ends (or the workers block on a full queue).
+- The same queue once more as the trainable returns: Tune's function session takes an item
+  from it and puts it on a one-slot result queue that only the same thread drains, so the
+  trainable's own last report (Tune's "done" marker), put there first when Ray Train's last
+  result still sat in the queue (a driver slow to ask for results: a tracking-server
+  outage, a loaded machine), deadlocks the trial actor. :func:`wait_results_taken` holds
+  the trainable until Tune took that last result.
 - ``TrialProgressCallback`` passed to Tune replaces the default one, which prints
   "Trial ... completed. Last result: ..." lines whatever the verbosity.
 - Environment variables read by Ray Train's controller (health-check interval, metrics,
@@ -102,6 +108,25 @@ def result_queue() -> Any:
 
     session = get_session()
     return None if session is None else session._inter_actor_queue
+
+
+def wait_results_taken(poll_s: float = 0.2, settle_s: float = 0.5) -> None:
+    """Return once Tune took every result Ray Train put in this trial's queue (see the
+    module's docstring): Tune's session moves one from that queue to its own result queue
+    right after taking it, hence ``settle_s`` more."""
+    import time
+
+    results = result_queue()
+    if results is None:
+        return
+    while True:
+        try:
+            if results.empty():
+                break
+        except Exception:  # the queue's actor is gone (the trial is being ended): no taker
+            return
+        time.sleep(poll_s)  # until Tune's driver asks for results again (after an outage)
+    time.sleep(settle_s)
 
 
 def workers_never_placed(error: BaseException) -> bool:

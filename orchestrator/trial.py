@@ -271,6 +271,9 @@ def make_trainable(
         )
         try:
             trainer.fit()
+            # Tune must take the run's last result before this function returns, or its
+            # session deadlocks (ray_compat.wait_results_taken): the trial hung at its end.
+            ray_compat.wait_results_taken()
         except Exception as exc:
             if not ray_compat.workers_never_placed(exc):
                 raise

@@ -113,3 +113,66 @@ def test_a_resumed_trial_logs_no_step_twice(tracker: SweepTracker, tmp_path: Pat
 def test_experiments_open_as_model_training_in_the_mlflow_ui(tracker: SweepTracker) -> None:
     tags = tracker.client.get_experiment(tracker.experiment_id).tags
     assert tags["mlflow.experimentKind"] == "custom_model_development"
+
+
+class _Down:
+    """Stands in for the tracker's client while the server is away: every call fails as
+    MLflow's HTTP client does when nothing listens (a requests ConnectionError)."""
+
+    def __getattr__(self, name: str) -> object:
+        import requests
+
+        def refuse(*args: object, **kwargs: object) -> None:
+            raise requests.exceptions.ConnectionError("[Errno 111] Connection refused")
+
+        return refuse
+
+
+def test_an_outage_past_the_timeout_stops_with_the_writes_journaled_then_replayed(
+    tracker: SweepTracker, tmp_path: Path
+) -> None:
+    from orchestrator.tracking import TrackingPolicy, TrackingUnavailable
+
+    run_id = _child(tracker, "k1")
+    said: list[str] = []
+    tracker.notify = said.append
+    tracker.policy = TrackingPolicy(timeout_s=0.3, first_delay_s=0.05, max_delay_s=0.1)
+    store, tracker.client = tracker.client, _Down()  # type: ignore[assignment]
+    with pytest.raises(TrackingUnavailable, match=r"did not answer for 0.3 s.*1 update\(s\)"):
+        tracker.log_trial_metrics("k1", {"train/loss": 1.5}, step=2)
+    assert tracker.given_up and len(said) == 1 and "does not answer" in said[0]
+    tracker.finish_child("k1", "KILLED")  # after giving up: journaled only, no wait
+    assert [e["op"] for e in tracker.journal.entries()] == ["log_batch", "set_terminated"]
+    assert store.get_run(run_id).info.status == "RUNNING"  # nothing reached the store
+
+    # The resumed sweep's tracker sends them first, in order, then the journal is gone.
+    again = SweepTracker(
+        uri=store.tracking_uri, experiment="t", ledger=Ledger.load(tmp_path / "ledger.json")
+    )
+    assert again.replayed == 2 and not again.journal.path.exists()
+    history = store.get_metric_history(run_id, "train/loss")
+    assert [(m.step, m.value) for m in history] == [(2, 1.5)]
+    assert store.get_run(run_id).info.status == "KILLED"
+
+
+def test_a_short_outage_is_waited_for_and_loses_nothing(tracker: SweepTracker) -> None:
+    from orchestrator.tracking import TrackingPolicy
+
+    run_id = _child(tracker, "k1")
+    said: list[str] = []
+    tracker.notify = said.append
+    tracker.policy = TrackingPolicy(timeout_s=30, first_delay_s=0.05, max_delay_s=0.1)
+    store = tracker.client
+    calls = [0]
+
+    class Flaky(_Down):  # away for the first three calls, then back
+        def __getattr__(self, name: str) -> object:
+            calls[0] += 1
+            return getattr(store, name) if calls[0] > 3 else super().__getattr__(name)
+
+    tracker.client = Flaky()  # type: ignore[assignment]
+    tracker.log_trial_metrics("k1", {"train/loss": 0.5}, step=4)
+    assert calls[0] == 4 and not tracker.given_up
+    assert "does not answer" in said[0] and "nothing was lost" in said[1] and len(said) == 2
+    assert [m.step for m in store.get_metric_history(run_id, "train/loss")] == [4]
+    assert not tracker.journal.path.exists()
