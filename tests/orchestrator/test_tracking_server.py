@@ -2,8 +2,8 @@
 
 The test starts ``mlflow server`` (SQLite backend store, a local artifact folder it serves)
 on a free port, by process id, in a process group of its own, and ends only that group.
-A sweep of two concurrent smoke trials logs to it with ``--tracking-uri``; 10 s into the
-trials the server is killed, and started again on the same port and store 10 s later.
+A sweep of two concurrent smoke trials logs to it with ``--tracking-uri``; once both trials
+have runs the server is killed, and started again on the same port and store 10 s later.
 The sweep waits for it (CORRTUNE_TRACKING_TIMEOUT_S), finishes, and what the server holds,
 read back over its REST API, equals what the same sweep gives with the local store.
 """
