@@ -47,12 +47,18 @@ def test_mean_ci_edge_cases() -> None:
 
 @pytest.fixture
 def swept(tmp_path: Path) -> tuple[Path, Path]:
+    return _sweep_of(tmp_path, AP)
+
+
+def _sweep_of(
+    tmp_path: Path, aps: dict[tuple[float, str | None], list[float]], space_text: str = SPACE
+) -> tuple[Path, Path]:
     space_path = tmp_path / "rep.yaml"
-    space_path.write_text(SPACE)
+    space_path.write_text(space_text)
     space = load_space(space_path)
     ledger = Ledger(tmp_path / ".corrtune/sweeps/rep/ledger.json", parent_run_id="parent1")
     for trial in grid_plan(space):
-        ap = AP[(trial.overrides["loss.corr.weight"], trial.overrides.get("loss.corr.kind"))]
+        ap = aps[(trial.overrides["loss.corr.weight"], trial.overrides.get("loss.corr.kind"))]
         value = ap[trial.repeat]
         ledger.trials[trial.key] = {
             "run_id": f"run-{trial.key}",
@@ -87,6 +93,20 @@ def test_paper_table_mean_ci_and_best(swept: tuple[Path, Path]) -> None:
     # The pivot: λ down, coefficient across.
     assert "| loss.corr.weight \\ loss.corr.kind | – | pearson | spearman |" in summary
     assert "Sweep wall time (all invocations): 123 s" in summary
+
+
+def test_a_sweep_whose_metric_never_moved_still_gets_its_report(tmp_path: Path) -> None:
+    # A smoke sweep: AP 0 in every trial. The effects are written; no arm "needs 2 seeds".
+    controlled = SPACE + "control: {loss.corr.weight: 0.0}\n"
+    space_path, workdir = _sweep_of(tmp_path, {k: [0.0, 0.0, 0.0] for k in AP}, controlled)
+    summary = report_sweep(space_path, preset=None, workdir=workdir).read_text()
+    assert "## Effects against the control" in summary
+    assert "| +0.0000 | [+0.0000, +0.0000] |" in summary
+    assert "needs" not in summary
+    # The other fixture's arms differ from the control: there the line is written.
+    (tmp_path / "moved").mkdir()
+    space_path, workdir = _sweep_of(tmp_path / "moved", AP, controlled)
+    assert "needs" in report_sweep(space_path, preset=None, workdir=workdir).read_text()
 
 
 def test_parquet_and_plots(swept: tuple[Path, Path]) -> None:
