@@ -7,7 +7,6 @@ problem, and exit with status 2.
 from __future__ import annotations
 
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -330,10 +329,6 @@ def ui(
     ]
     if browser and urls:
         open_when_up(base, urls)
-    # MLflow 3's job runner (huey consumers for GenAI jobs) has nothing to show for training
-    # runs; it starts 8 more processes and delays the server's first answer by ~5 s on a
-    # 2-core machine. A user who wants it exports MLFLOW_SERVER_ENABLE_JOB_EXECUTION=true.
-    os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     # The server and every worker it starts end with this command (Ctrl-C or SIGTERM).
     raise typer.Exit(serve(cmd))
 
