@@ -170,7 +170,9 @@ def test_alignment_has_the_nine_arms_against_plain_focal_loss() -> None:
         ("vfl", "-", 0.2),
         ("rs", "-", "-"),
     }
-    assert space.fixed == {"model.name": "atss"} and space.repeats == 3
+    # Every arm scored down to 0.001: RS Loss's scores stay below 0.05 on the tiny schedule.
+    assert space.fixed == {"model.name": "atss", "nms.score_threshold": 0.001}
+    assert space.repeats == 3
 
 
 def test_every_shipped_space_declares_a_control_and_three_seeds() -> None:
