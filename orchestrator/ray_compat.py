@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -114,8 +115,6 @@ def wait_results_taken(poll_s: float = 0.2, settle_s: float = 0.5) -> None:
     """Return once Tune took every result Ray Train put in this trial's queue (see the
     module's docstring): Tune's session moves one from that queue to its own result queue
     right after taking it, hence ``settle_s`` more."""
-    import time
-
     results = result_queue()
     if results is None:
         return

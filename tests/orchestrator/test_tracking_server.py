@@ -61,7 +61,7 @@ class MlflowServer:
         cmd += ["--artifacts-destination", str(self.root / "artifacts")]
         log = (self.root / "server.log").open("a")
         # MLflow 3's job runner (huey consumers, for GenAI jobs) has no part in tracking:
-        # 8 processes fewer to start on each restart (as `corrtune ui` runs its server).
+        # 8 processes fewer to start on each restart (`corrtune ui` keeps MLflow's default).
         env = os.environ | {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         self.proc = subprocess.Popen(
             cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True, env=env
