@@ -10,7 +10,8 @@ Variant sets:
 
 - ``methods``: correlation loss (each coefficient, level pools), DC, IAC against the
   baseline of the preset (no correlation loss, max-IoU, no DC);
-- ``cls``: the classification-loss slot and IoU-aware scoring against focal loss.
+- ``cls``: the classification-loss slot and IoU-aware scoring against focal loss;
+- ``amp``: ``train.amp: bf16`` (autocast; on a CPU only with native bf16) against fp32.
 
 ``--detectors atss,retinanet`` times each variant on each detector (all interleaved), each
 against its own baseline: ATSS is the alignment study's, RetinaNet (9 anchors a location)
@@ -67,6 +68,10 @@ VARIANT_SETS: dict[str, dict[str, dict[str, object]]] = {
         "vfl": {"loss.cls.kind": "vfl"},
         "rs": {"loss.cls.kind": "rs"},
         "iou_aware": {"model.quality": "iou"},
+    },
+    "amp": {
+        "fp32": {},
+        "bf16": {"train.amp": "bf16"},
     },
 }
 

@@ -21,20 +21,35 @@ from typing import Any
 PR_SET_PDEATHSIG = 1  # prctl(2): a signal the child gets when its parent dies
 
 
+def _stat_fields(pid: int | str) -> list[str] | None:
+    """/proc/PID/stat after "pid (comm)": state, ppid, pgrp, session, ...; None if gone."""
+    try:
+        return (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+
+
 def children_of() -> dict[int, list[int]]:
     """Parent pid -> the pids of its children, for every process this user can see."""
     tree: dict[int, list[int]] = {}
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:  # gone meanwhile
-            continue
-        fields = stat.rsplit(")", 1)[1].split()  # after "pid (comm)": state, ppid, ...
-        if fields[0] != "Z":
+        if entry.name.isdigit() and (fields := _stat_fields(entry.name)) and fields[0] != "Z":
             tree.setdefault(int(fields[1]), []).append(int(entry.name))
     return tree
+
+
+def session_members(sid: int) -> list[int]:
+    """Every live process of session ``sid`` but its leader: those below it and those that
+    were (an orphan whose parent died first is re-parented, but keeps its session)."""
+    return [
+        int(entry.name)
+        for entry in Path("/proc").iterdir()
+        if entry.name.isdigit()
+        and int(entry.name) != sid
+        and (fields := _stat_fields(entry.name))
+        and fields[0] != "Z"
+        and int(fields[3]) == sid
+    ]
 
 
 def descendants(pid: int) -> list[int]:
@@ -48,16 +63,25 @@ def descendants(pid: int) -> list[int]:
 
 
 def alive(pid: int) -> bool:
-    try:
-        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
+    fields = _stat_fields(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+def _below(pid: int, leads_session: bool) -> list[int]:
+    """Everything ``end_tree`` ends besides ``pid``: its descendants and, when ``pid`` leads
+    a session, every other member of that session (orphans a dying server left behind)."""
+    found = descendants(pid)
+    if leads_session:
+        found += [p for p in session_members(pid) if p not in found]
+    return found
 
 
 def end_tree(pid: int, timeout: float = 10.0) -> None:
-    """End ``pid`` and every process below it: SIGTERM, then SIGKILL after ``timeout``."""
-    pids = [pid, *descendants(pid)]
+    """End ``pid`` and every process below it (and in its session, when it leads one):
+    SIGTERM, then SIGKILL after ``timeout``."""
+    fields = _stat_fields(pid)
+    leads_session = fields is not None and int(fields[3]) == pid  # decided before it dies
+    pids = [pid, *_below(pid, leads_session)]
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for p in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -67,7 +91,8 @@ def end_tree(pid: int, timeout: float = 10.0) -> None:
             # Reap our own child (else it stays a zombie); the others are reaped elsewhere.
             with contextlib.suppress(ChildProcessError):
                 os.waitpid(pid, os.WNOHANG)
-            pids = [p for p in pids if alive(p)] + [d for d in descendants(pid) if d not in pids]
+            pids = [p for p in pids if alive(p)]
+            pids += [d for d in _below(pid, leads_session) if d not in pids]
             if not pids:
                 return
             time.sleep(0.1)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.processes import alive, descendants, end_tree
+from orchestrator.processes import alive, descendants, end_tree, session_members
 
 
 def _free_port() -> int:
@@ -23,10 +23,15 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def _port_free(port: int) -> bool:
+def _nobody_listens(port: int) -> bool:
+    """True when a new server could listen on ``port`` now. With SO_REUSEADDR, as MLflow's
+    server itself binds: connections the old server closed (TIME_WAIT, up to 60 s) do not
+    hold the port, a process still listening on it does."""
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
+            s.listen()
         except OSError:
             return False
         return True
@@ -44,6 +49,20 @@ def test_end_tree_ends_a_process_and_everything_below_it() -> None:
     end_tree(parent.pid, timeout=2.0)
     assert not alive(parent.pid)
     assert not any(alive(p) for p in below)
+
+
+def test_end_tree_ends_the_orphans_of_a_session_it_leads() -> None:
+    # The subshell starts a sleep and exits at once: that sleep is re-parented (no longer
+    # below the leader) but stays in its session, as a server's worker whose parent died.
+    script = "(sleep 300 &); sleep 300"
+    leader = subprocess.Popen(["sh", "-c", script], start_new_session=True)
+    deadline = time.time() + 10
+    while not (orphans := set(session_members(leader.pid)) - set(descendants(leader.pid))):
+        assert time.time() < deadline, "the orphan never appeared"
+        time.sleep(0.05)
+    end_tree(leader.pid, timeout=2.0)
+    assert not alive(leader.pid)
+    assert not any(alive(p) for p in orphans)
 
 
 @pytest.mark.slow
@@ -77,7 +96,7 @@ def test_ui_ends_with_its_server_and_workers(sig: signal.Signals, tmp_path: Path
         while any(alive(p) for p in tree) and time.time() < deadline:
             time.sleep(0.2)
         assert not [p for p in tree if alive(p)], "processes outlived corrtune ui"
-        assert _port_free(port)
+        assert _nobody_listens(port), f"port {port} still has a listener after corrtune ui ended"
     finally:
         if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
