@@ -1,12 +1,16 @@
-"""Time to AP of the tiny preset: the previous recipe and the current one, side by side.
+"""Time to AP of the tiny preset: two recipes side by side (the previous and the current).
 
 Both recipes train at the same time, each in its own process pinned to its own core (one
 thread each), so whatever else loads the machine slows both alike; each evaluates COCO AP
 on the synthetic val split every ``--eval-every`` iterations. Time to AP is the training
 time (evaluations excluded) at the first evaluation reaching ``--goal``; the headline is
-the ratio previous / current. Writes ``results/bench/time_to_ap.{md,json,png}``.
+the ratio baseline / candidate. Writes ``results/bench/time_to_ap.{md,json,png}``.
 
-    .venv/bin/python benchmarks/bench_time_to_ap.py [--eval-every 250] [--goal 0.5]
+    .venv/bin/python benchmarks/bench_time_to_ap.py [--eval-every 250] [--goal 0.5] \
+        [--pair previous current]
+
+``--pair`` names the two recipes of ``RECIPES``: ``previous`` (before the speed work),
+``current`` (today's preset), ``fp32`` (today's preset with ``train.amp: off``).
 
 A curve of one run with periodic evaluation is the curve of that schedule: an intermediate
 point of a schedule with learning-rate drops understates what a shorter schedule would reach
@@ -41,8 +45,9 @@ PREVIOUS = {
     "train.log_every": 25,
     "data.image_size": 128,
     "model.backbone": "tiny",
+    "train.amp": "off",
 }
-RECIPES = {"previous": PREVIOUS, "current": {}}
+RECIPES = {"previous": PREVIOUS, "current": {}, "fp32": {"train.amp": "off"}}
 
 
 def run_one(overrides: dict[str, Any], eval_every: int, out: Path) -> None:
@@ -81,18 +86,37 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=250)
     parser.add_argument("--goal", type=float, default=0.5)
     parser.add_argument("--out", type=Path, default=ROOT / "results/bench/time_to_ap")
-    parser.add_argument("--child", nargs=3, metavar=("RECIPE", "EVAL_EVERY", "OUT"))
+    parser.add_argument(
+        "--pair",
+        nargs=2,
+        choices=sorted(RECIPES),
+        default=["previous", "current"],
+        metavar=("BASELINE", "CANDIDATE"),
+    )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an override of the candidate recipe (repeatable): tries a recipe change",
+    )
+    parser.add_argument("--child", nargs=3, metavar=("OVERRIDES_JSON", "EVAL_EVERY", "OUT"))
     args = parser.parse_args()
     if args.child:
-        name, every, out = args.child
-        run_one(RECIPES[name], int(every), Path(out))
+        overrides, every, out = args.child
+        run_one(json.loads(overrides), int(every), Path(out))
         return
-    from detectors.config import flatten, load_config
+    from detectors.config import flatten, load_config, parse_override
     from detectors.engine import build_datasets
 
     build_datasets(load_config("tiny"), ROOT / ".corrtune")  # the set, made once
     load_before = os.getloadavg()[0]
-    logs = {name: Path(tempfile.mkstemp(suffix=".jsonl")[1]) for name in RECIPES}
+    base, cand = args.pair
+    sets = dict(parse_override(item) for item in args.set)
+    if sets:
+        cand = f"{cand} + " + ", ".join(f"{k}={v}" for k, v in sets.items())
+    recipes = {base: RECIPES[base], cand: {**RECIPES[args.pair[1]], **sets}}
+    logs = {name: Path(tempfile.mkstemp(suffix=".jsonl")[1]) for name in recipes}
     env = os.environ | {"OMP_NUM_THREADS": "1"}
     started = time.perf_counter()
     procs = {
@@ -104,13 +128,13 @@ def main() -> None:
                 sys.executable,
                 __file__,
                 "--child",
-                name,
+                json.dumps(recipes[name]),
                 str(args.eval_every),
                 str(logs[name]),
             ],
             env=env,
         )
-        for core, name in enumerate(RECIPES)
+        for core, name in enumerate(logs)
     }
     # The load while they run (sampled every 10 s): what else the machine did meanwhile.
     loads = [load_before]
@@ -125,26 +149,24 @@ def main() -> None:
         for name, log in logs.items()
     }
     reached = {name: time_to(points, args.goal) for name, points in curves.items()}
-    ratio = (
-        reached["previous"] / reached["current"]
-        if reached["previous"] and reached["current"]
-        else None
-    )
+    ratio = reached[base] / reached[cand] if reached[base] and reached[cand] else None
     result = {
         "command": "python benchmarks/bench_time_to_ap.py "
-        f"--eval-every {args.eval_every} --goal {args.goal}",
+        f"--eval-every {args.eval_every} --goal {args.goal} --pair {' '.join(args.pair)}"
+        + "".join(f" --set {item}" for item in args.set),
+        "pair": [base, cand],
         "recipes": {
             name: {
                 k: v
                 for k, v in flatten(load_config("tiny", overrides=o)).items()
                 if k.startswith(("train.", "data.image_size", "model."))
             }
-            for name, o in RECIPES.items()
+            for name, o in recipes.items()
         },
         "curves": curves,
         "goal_AP": args.goal,
         "time_to_goal_s": reached,
-        "ratio_previous_over_current": ratio,
+        "ratio_baseline_over_candidate": ratio,
         "wall_s": time.perf_counter() - started,
         "machine": f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
         f"one core and one thread per recipe, 1-minute load average while they ran: "
@@ -170,7 +192,7 @@ def plot(result: dict[str, Any], path: Path) -> None:
     ax.axhline(result["goal_AP"], color="gray", lw=0.8, ls="--")
     ax.set_xlabel("training seconds (one core, evaluations excluded)")
     ax.set_ylabel("COCO AP (synthetic val)")
-    ax.set_title("tiny preset: previous vs current recipe", fontsize=9)
+    ax.set_title(f"tiny preset: {' vs '.join(result['pair'])} recipe", fontsize=9)
     ax.legend()
     fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
@@ -180,15 +202,24 @@ def markdown(r: dict[str, Any], png: str) -> str:
     def fmt(value: float | None) -> str:
         return f"{value:.0f} s" if value is not None else "not reached"
 
-    ratio = r["ratio_previous_over_current"]
+    ratio = r["ratio_baseline_over_candidate"]
+    base, cand = r["pair"]
     lines = [
-        "# Time to AP: the tiny preset's previous and current recipes, side by side",
+        f"# Time to AP: the tiny preset's {base} and {cand} recipes, side by side",
         "",
         f"`{r['command']}` — {r['machine']}; {r['wall_s']:.0f} s wall.",
         "",
-        f"Time to AP >= {r['goal_AP']}: previous {fmt(r['time_to_goal_s']['previous'])}, "
-        f"current {fmt(r['time_to_goal_s']['current'])}"
-        + (f"; ratio previous / current **{ratio:.2f}x**." if ratio else "."),
+        f"Time to AP >= {r['goal_AP']}: {base} {fmt(r['time_to_goal_s'][base])}, "
+        f"{cand} {fmt(r['time_to_goal_s'][cand])}"
+        + (f"; ratio {base} / {cand} **{ratio:.2f}x**." if ratio else "."),
+        "",
+        "Training seconds of the whole schedule (last evaluation): "
+        + ", ".join(
+            f"{name} {points[-1]['train_s']:.0f} s (AP {points[-1]['AP']:.3f})"
+            for name, points in r["curves"].items()
+        )
+        + f"; ratio {base} / {cand} "
+        + f"{r['curves'][base][-1]['train_s'] / r['curves'][cand][-1]['train_s']:.2f}x.",
         "",
         "| recipe | iteration | training s | AP | AP50 | β_cls |",
         "|---|---|---|---|---|---|",
@@ -200,11 +231,11 @@ def markdown(r: dict[str, Any], png: str) -> str:
             for p in points
         ]
     differs = {
-        k: (r["recipes"]["previous"][k], r["recipes"]["current"][k])
-        for k in r["recipes"]["current"]
-        if r["recipes"]["previous"][k] != r["recipes"]["current"][k]
+        k: (r["recipes"][base][k], r["recipes"][cand][k])
+        for k in r["recipes"][cand]
+        if r["recipes"][base][k] != r["recipes"][cand][k]
     }
-    lines += ["", "What differs (previous -> current):", ""]
+    lines += ["", f"What differs ({base} -> {cand}):", ""]
     lines += [f"- `{k}`: {a} -> {b}" for k, (a, b) in differs.items()] or ["- nothing"]
     lines += [
         "",

@@ -70,7 +70,7 @@ VARIANT_SETS: dict[str, dict[str, dict[str, object]]] = {
         "iou_aware": {"model.quality": "iou"},
     },
     "amp": {
-        "fp32": {},
+        "fp32": {"train.amp": "off"},
         "bf16": {"train.amp": "bf16"},
     },
 }
