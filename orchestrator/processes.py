@@ -112,11 +112,16 @@ def terminate_as_interrupt() -> Iterator[None]:
     def forward(signum: int, frame: Any) -> None:
         signal.raise_signal(signal.SIGINT)
 
+    # A blocked signal stays pending and never interrupts: a parent may have started corrtune
+    # with SIGINT blocked (the mask is inherited; Ray's own process launcher blocks SIGINT in
+    # what it starts), and then Ctrl-C, SIGINT and the forwarded SIGTERM did nothing.
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
     previous = signal.signal(signal.SIGTERM, forward)
     try:
         yield
     finally:
         signal.signal(signal.SIGTERM, previous)
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 def serve(command: Sequence[str]) -> int:

@@ -101,3 +101,33 @@ def test_ui_ends_with_its_server_and_workers(sig: signal.Signals, tmp_path: Path
         if ui.poll() is None:
             os.killpg(ui.pid, signal.SIGKILL)
         end_tree(ui.pid, timeout=2.0)
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_an_interrupt_arrives_though_the_parent_blocked_sigint(sig: signal.Signals) -> None:
+    # The signal mask is inherited: Ray's process launcher, for one, blocks SIGINT in what it
+    # starts. Blocked, a Ctrl-C (or a SIGTERM forwarded as one) stayed pending for ever.
+    script = (
+        "import sys, time\n"
+        "from orchestrator.processes import terminate_as_interrupt\n"
+        "try:\n"
+        "    with terminate_as_interrupt():\n"
+        "        print('ready', flush=True)\n"
+        "        time.sleep(60)\n"
+        "except KeyboardInterrupt:\n"
+        "    sys.exit(130)\n"
+    )
+    child = subprocess.Popen(
+        [sys.executable, "-c", script],
+        cwd=Path(__file__).resolve().parents[2],
+        stdout=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+    )
+    try:
+        assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        child.send_signal(sig)
+        assert child.wait(timeout=20) == 130
+    finally:
+        if child.poll() is None:
+            child.kill()
