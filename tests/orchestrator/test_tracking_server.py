@@ -126,9 +126,17 @@ def test_a_sweep_on_an_mlflow_server_survives_its_restart(tmp_path: Path, ray_pr
     env = base | {TrackingPolicy.TIMEOUT_ENV: "120", "PYTHONUNBUFFERED": "1"}
     ledger = served / ".corrtune/sweeps/served/ledger.json"
 
-    def running() -> bool:
+    def reporting() -> bool:
+        # Both trials running and past their first report: the outage then falls among the
+        # writes. (Stopped while the trials were still starting, on a fast machine the server
+        # was back before anything was written, and there was no outage to see.)
         trials = json.loads(ledger.read_text())["trials"] if ledger.exists() else {}
-        return len(trials) == 2 and all(t["status"] == "RUNNING" for t in trials.values())
+        log = (served / "driver.log").read_text() if (served / "driver.log").exists() else ""
+        return (
+            len(trials) == 2
+            and all(t["status"] == "RUNNING" for t in trials.values())
+            and all(f"running {key}  it" in log for key in trials)
+        )
 
     try:
         server.start()
@@ -139,7 +147,7 @@ def test_a_sweep_on_an_mlflow_server_survives_its_restart(tmp_path: Path, ray_pr
             env | {"RAY_TMPDIR": str(roots[0])},
         )
         deadline = time.time() + 300
-        while not running():
+        while not reporting():
             assert driver.poll() is None and time.time() < deadline, (
                 served / "driver.log"
             ).read_text()
