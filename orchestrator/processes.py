@@ -110,6 +110,9 @@ def terminate_as_interrupt() -> Iterator[None]:
     default KeyboardInterrupt, or Tune's graceful stop)."""
 
     def forward(signum: int, frame: Any) -> None:
+        if signal.getsignal(signal.SIGINT) in (signal.SIG_IGN, signal.SIG_DFL, None):
+            # SIGINT ignored (a script's `corrtune ... &` starts so): SIGTERM still stops.
+            raise KeyboardInterrupt
         signal.raise_signal(signal.SIGINT)
 
     # A blocked signal stays pending and never interrupts: a parent may have started corrtune

@@ -11,6 +11,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -78,6 +79,7 @@ def test_ui_ends_with_its_server_and_workers(sig: signal.Signals, tmp_path: Path
         stderr=subprocess.DEVNULL,
         env=env,
         start_new_session=True,
+        preexec_fn=_sigint_as_a_terminal_has_it,
     )
     try:
         deadline = time.time() + 120
@@ -103,8 +105,33 @@ def test_ui_ends_with_its_server_and_workers(sig: signal.Signals, tmp_path: Path
         end_tree(ui.pid, timeout=2.0)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
-def test_an_interrupt_arrives_though_the_parent_blocked_sigint(sig: signal.Signals) -> None:
+def _sigint_as_a_terminal_has_it() -> None:
+    """In the child: SIGINT at its default, as under a terminal, whatever the test runner has
+    (a runner started in the background of a script ignores SIGINT, and so would its child)."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def _sigint_blocked() -> None:
+    _sigint_as_a_terminal_has_it()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+
+
+def _sigint_ignored() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+@pytest.mark.parametrize(
+    ("sig", "start"),
+    [
+        (signal.SIGTERM, _sigint_blocked),
+        (signal.SIGINT, _sigint_blocked),
+        (signal.SIGTERM, _sigint_ignored),  # SIGINT ignored: SIGTERM still stops
+    ],
+    ids=["SIGTERM-blocked", "SIGINT-blocked", "SIGTERM-ignored"],
+)
+def test_an_interrupt_arrives_though_the_parent_blocked_sigint(
+    sig: signal.Signals, start: Any
+) -> None:
     # The signal mask is inherited: Ray's process launcher, for one, blocks SIGINT in what it
     # starts. Blocked, a Ctrl-C (or a SIGTERM forwarded as one) stayed pending for ever.
     script = (
@@ -122,7 +149,7 @@ def test_an_interrupt_arrives_though_the_parent_blocked_sigint(sig: signal.Signa
         cwd=Path(__file__).resolve().parents[2],
         stdout=subprocess.PIPE,
         text=True,
-        preexec_fn=lambda: signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT}),
+        preexec_fn=start,
     )
     try:
         assert child.stdout is not None and child.stdout.readline().strip() == "ready"
