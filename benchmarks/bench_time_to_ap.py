@@ -106,6 +106,8 @@ def main() -> None:
         overrides, every, out = args.child
         run_one(json.loads(overrides), int(every), Path(out))
         return
+    if args.pair[0] == args.pair[1] and not args.set:
+        parser.error("--pair names the same recipe twice; --set makes the second differ")
     from detectors.config import flatten, load_config, parse_override
     from detectors.engine import build_datasets
 

@@ -129,7 +129,7 @@ def _sigint_ignored() -> None:
     ],
     ids=["SIGTERM-blocked", "SIGINT-blocked", "SIGTERM-ignored"],
 )
-def test_an_interrupt_arrives_though_the_parent_blocked_sigint(
+def test_an_interrupt_arrives_though_the_parent_blocked_or_ignored_sigint(
     sig: signal.Signals, start: Any
 ) -> None:
     # The signal mask is inherited: Ray's process launcher, for one, blocks SIGINT in what it
